@@ -1,0 +1,109 @@
+"""From a normal series to a model directory: train, export, calibrate, write the card.
+
+Time order is kept: the first ``train_fraction`` of the points trains the networks, the
+rest is held out to calibrate the threshold on windows the model never saw (the card
+records both spans).  The threshold is computed by ONNX Runtime on the exported graph, so
+it is calibrated on exactly what the worker will run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .card import write_card
+from .errors import DataError
+from .export import AnomalyScorer, export_onnx
+from .nets import count_flops
+from .scoring import Scorer, sliding_windows
+from .threshold import quantile_threshold
+from .training import TrainConfig, config_dict, train
+from .transforms import WindowTransform, fit_normalisation
+
+
+def _transform_windows(transform: WindowTransform, windows: np.ndarray, chunk: int = 1024) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([transform(torch.from_numpy(np.ascontiguousarray(windows[i:i + chunk])))
+                          for i in range(0, len(windows), chunk)])
+
+
+def library_versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"stream_detector": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def fit_series_model(values: np.ndarray, channels: list[str], out_dir: Path, *, window: int, stride: int,
+                     transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
+                     version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
+                     release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
+                     progress: bool = True) -> dict:
+    """Train on ``values [T, C]`` and write ``model.onnx``, ``model.json`` and plots to ``out_dir``."""
+    values = np.asarray(values, dtype=np.float32)
+    n = len(values)
+    split = int(n * train_fraction)
+    if split < window or n - split < window:
+        raise DataError(f"{source or 'data'}: {n} rows are too few to train on {train_fraction:.0%} and calibrate on "
+                        f"the rest with windows of {window}; need at least {int(np.ceil(window / min(train_fraction, 1 - train_fraction)))}")
+    train_values, calib_values = values[:split], values[split:]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    stats = fit_normalisation(train_values)
+    wt = WindowTransform(transform, stats, window, plot_size)
+    train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
+    x = _transform_windows(wt, sliding_windows(train_values, window, train_stride))
+    nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
+    scorer = AnomalyScorer(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
+    export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
+    flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
+
+    card = {
+        "name": name, "version": str(version), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "channels": list(channels), "window": window, "stride": stride, "transform": transform,
+        "plot_size": plot_size if transform != "sequence" else None,
+        "normalisation": stats, "allow_imputation": False,
+        "score": {"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)", "kappa": cfg.kappa,
+                  "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
+        "threshold": {"value": float("inf"), "release": float("inf")},  # placeholder until calibrated below
+        "graph": {"inputs": {"window": ["batch", window, len(channels)]},
+                  "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
+                              "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
+                  "flops_per_window": flops},
+        "training": {"config": config_dict(cfg), "source": source, "points": n, "train_points": split,
+                     "calibration_points": n - split, "train_windows": int(len(x)), "train_window_stride": train_stride,
+                     "seconds": round(time.monotonic() - started, 2), "stopped_early_by_budget": nets.stopped_early,
+                     "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
+        "libraries": library_versions(),
+    }
+    # Calibrate on the held-out normal windows with the exported graph itself.
+    write_card(out_dir, dict(card, threshold={"value": 0.0, "release": 0.0}))
+    ort_scorer = Scorer(out_dir)
+    calib_windows = sliding_windows(calib_values, window, 1)
+    calib_scores = np.concatenate([ort_scorer.score(calib_windows[i:i + 512])[0] for i in range(0, len(calib_windows), 512)])
+    train_scores = np.concatenate([ort_scorer.score(w)[0] for w in np.array_split(
+        sliding_windows(train_values, window, max(1, train_stride)), max(1, len(x) // 512))])
+    card["threshold"] = quantile_threshold(calib_scores, threshold_quantile, release_quantile)
+    card["validation"] = {
+        "calibration_score_median": float(np.median(calib_scores)),
+        "calibration_score_p99": float(np.quantile(calib_scores, 0.99)),
+        "train_score_median": float(np.median(train_scores)),
+        "train_score_p99": float(np.quantile(train_scores, 0.99)),
+        "final_wasserstein": nets.history["wasserstein"][-1] if nets.history["wasserstein"] else None,
+        "final_encoder_loss": nets.history["encoder"][-1] if nets.history["encoder"] else None,
+    }
+    card["training"]["seconds"] = round(time.monotonic() - started, 2)
+    card = write_card(out_dir, card)
+    from .evaluation.plots import plot_training_curves
+
+    plot_training_curves(nets.history, out_dir / "training_curves.png")
+    return card

@@ -1,0 +1,119 @@
+"""Scoring with ONNX Runtime: the only model code the streaming worker runs (no PyTorch).
+
+One :class:`Scorer` per model directory.  The graph takes raw windows ``[batch, W, C]``
+in the source's units and returns ``score [batch]`` and ``channel_scores [batch, C]``;
+normalisation and the transform are inside it.  The provider is CUDA when an NVIDIA GPU
+is visible and the CUDA libraries load, else CPU; the active one is in ``.provider``.
+
+Offline helpers turn a whole series into windows and window scores into point scores.
+Point mapping is causal: each point gets the score of the most recent window ending at or
+before it, which is what a live operator sees at that moment (points before the first
+complete window have none: NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .card import load_card
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def _gpu_visible() -> bool:
+    """Whether asking for CUDA makes sense (avoids ORT's error spam on CPU-only machines)."""
+    return os.path.exists("/proc/driver/nvidia") or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def choose_providers(prefer: list[str] | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = prefer or (["CUDAExecutionProvider", "CPUExecutionProvider"] if _gpu_visible() else ["CPUExecutionProvider"])
+    chosen = [p for p in wanted if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+class Scorer:
+    """An exported model ready to score batches of raw windows."""
+
+    def __init__(self, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.card = load_card(self.model_dir)
+        self.channels: list[str] = list(self.card["channels"])
+        self.window: int = int(self.card["window"])
+        self.stride: int = int(self.card["stride"])
+        self.threshold: float = float(self.card["threshold"]["value"])
+        self.release_threshold: float = float(self.card["threshold"]["release"])
+        self.name: str = str(self.card["name"])
+        self.version: str = str(self.card["version"])
+        self.allow_imputation: bool = bool(self.card.get("allow_imputation", False))
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=opts,
+                                                providers=choose_providers(providers))
+        except Exception as e:  # ORT raises its own exception types for a corrupt graph
+            raise ModelLoadError(f"{self.model_dir}: ONNX Runtime cannot load model.onnx ({e})") from None
+        self.provider: str = self.session.get_providers()[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        log.info("model %s:%s loaded with %s", self.name, self.version, self.provider)
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``[B]`` and per-channel scores ``[B, C]`` of raw windows ``[B, W, C]``, one ORT call."""
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
+            raise ValueError(f"expected windows [batch, {self.window}, {len(self.channels)}], got {list(windows.shape)}")
+        score, channel_scores = self.session.run(["score", "channel_scores"], {"window": windows})
+        return score, channel_scores
+
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph (score, channel_scores, transformed input, reconstruction)."""
+        outs = self.session.run(None, {"window": np.ascontiguousarray(windows, dtype=np.float32)})
+        return dict(zip(self.output_names, outs))
+
+
+def window_starts(n_points: int, window: int, stride: int) -> np.ndarray:
+    """Start indices of the complete windows of a series: 0, stride, 2*stride, ... (as the worker emits)."""
+    if n_points < window:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(0, n_points - window + 1, stride, dtype=np.int64)
+
+
+def sliding_windows(values: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """A strided view ``[n_windows, W, C]`` of ``values [T, C]`` (no copy)."""
+    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)  # [T-W+1, C, W]
+    return view[::stride].transpose(0, 2, 1)
+
+
+def score_series(scorer: Scorer, values: np.ndarray, stride: int | None = None, batch_size: int = 256) -> dict:
+    """Score every complete window of a series ``[T, C]``; returns starts, scores, channel scores."""
+    stride = stride or scorer.stride
+    starts = window_starts(len(values), scorer.window, stride)
+    windows = sliding_windows(np.asarray(values, dtype=np.float32), scorer.window, stride)
+    scores = np.empty(len(starts), dtype=np.float32)
+    channel_scores = np.empty((len(starts), len(scorer.channels)), dtype=np.float32)
+    for i in range(0, len(starts), batch_size):
+        scores[i:i + batch_size], channel_scores[i:i + batch_size] = scorer.score(windows[i:i + batch_size])
+    return {"starts": starts, "scores": scores, "channel_scores": channel_scores}
+
+
+def point_scores(n_points: int, starts: np.ndarray, window: int, window_scores: np.ndarray) -> np.ndarray:
+    """Causal point scores: the score of the most recent window ending at or before each point."""
+    out = np.full(n_points, np.nan, dtype=np.float64)
+    if len(starts) == 0:
+        return out
+    ends = np.asarray(starts) + window - 1
+    idx = np.searchsorted(ends, np.arange(n_points), side="right") - 1
+    ok = idx >= 0
+    out[ok] = np.asarray(window_scores, dtype=np.float64)[idx[ok]]
+    return out

@@ -1,0 +1,203 @@
+"""Offline training: WGAN-GP first, then the encoder against the frozen generator.
+
+The recipe follows the guide's method section (Gulrajani et al. for the GAN; f-AnoGAN /
+Haloui et al. for the encoder):
+
+* critic loss ``E[D(G(z))] - E[D(x)] + lambda * E[(||grad D(x_hat)||_2 - 1)^2]``, with
+  ``x_hat`` on straight lines between real and generated samples, ``lambda = 10``,
+  ``n_critic = 5`` critic steps per generator step, Adam(lr 1e-4, betas (0.5, 0.9));
+* encoder modes ``izi`` (input reconstruction), ``ziz`` (latent reconstruction) and
+  ``izi_f`` (``izi`` plus ``kappa`` times the critic-feature residual).
+
+Everything is seeded from one integer; on the same machine and thread count two runs give
+identical weights.  Training has a wall-clock budget because on a 2-core CPU a GAN can eat
+hours: when the budget runs out the loop stops and says so in the history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .nets import Critic, Encoder, Generator, sample_prior
+
+ENCODER_MODES = ("izi", "ziz", "izi_f")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the model card)."""
+
+    arch: str = "conv"
+    width: int | None = None  # None: sized from the input (nets.default_sizes)
+    latent_dim: int | None = None
+    iterations: int = 2000  # generator steps
+    n_critic: int = 5
+    gp_lambda: float = 10.0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    batch_size: int = 64
+    encoder_iterations: int = 2000
+    encoder_lr: float = 1e-4
+    encoder_mode: str = "izi_f"
+    kappa: float = 1.0
+    seed: int = 0
+    max_seconds: float | None = None  # wall-clock budget for GAN + encoder together
+    checkpoint_every: int = 0  # generator steps; 0 = only at the end
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder mode {self.encoder_mode!r}: choose one of {', '.join(ENCODER_MODES)}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class TrainedNets:
+    generator: Generator
+    critic: Critic
+    encoder: Encoder
+    config: TrainConfig
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """WGAN-GP's penalty on the critic's gradient norm at random points between real and fake."""
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=gen)
+    x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def encoder_loss(mode: str, x: torch.Tensor, encoder: nn.Module, generator: nn.Module, critic: Critic,
+                 kappa: float, z: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder objective for ``izi``, ``ziz`` or ``izi_f`` (means over elements = the 1/n factors)."""
+    if mode == "ziz":
+        assert z is not None
+        return ((z - encoder(generator(z))) ** 2).mean()
+    recon = generator(encoder(x))
+    loss = ((x - recon) ** 2).mean()
+    if mode == "izi_f":
+        loss = loss + kappa * ((critic.features(x) - critic.features(recon)) ** 2).mean()
+    return loss
+
+
+def train(data: torch.Tensor, cfg: TrainConfig, progress: bool = True,
+          checkpoint_dir: Path | None = None) -> TrainedNets:
+    """Train generator, critic and encoder on ``data`` (already transformed, in ``[-1, 1]``).
+
+    ``data`` is ``[N, C, L]`` or ``[N, C, H, W]``.  Returns the networks in eval mode with
+    the per-step history: ``wasserstein`` (the critic's estimate E[D(x)] - E[D(G(z))]),
+    ``gradient_penalty``, ``generator`` loss and ``encoder`` loss.
+    """
+    from .nets import default_sizes
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = tuple(data.shape[1:])
+    width, latent = default_sizes(shape, cfg.arch)
+    cfg.width = cfg.width or width
+    cfg.latent_dim = cfg.latent_dim or latent
+    G = Generator(cfg.arch, shape, cfg.width, cfg.latent_dim)
+    D = Critic(cfg.arch, shape, cfg.width)
+    E = Encoder(cfg.arch, shape, cfg.width, cfg.latent_dim)
+    history: dict[str, list[float]] = {"wasserstein": [], "gradient_penalty": [], "generator": [], "encoder": []}
+    started = time.monotonic()
+    gan_budget = None if cfg.max_seconds is None else 0.75 * cfg.max_seconds
+    stopped_early = False
+    n = data.shape[0]
+
+    def batch() -> torch.Tensor:
+        return data[torch.randint(0, n, (cfg.batch_size,), generator=gen)]
+
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+    G.train()
+    D.train()
+    bar = _progress(cfg.iterations, "WGAN-GP", progress)
+    for step in range(cfg.iterations):
+        for _ in range(cfg.n_critic):
+            real = batch()
+            with torch.no_grad():
+                fake = G(sample_prior(cfg.batch_size, cfg.latent_dim, gen))
+            d_real, d_fake = D(real).mean(), D(fake).mean()
+            gp = gradient_penalty(D, real, fake, gen)
+            loss_d = d_fake - d_real + cfg.gp_lambda * gp
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        loss_g = -D(G(sample_prior(cfg.batch_size, cfg.latent_dim, gen))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        for p in D.parameters():
+            p.requires_grad_(True)
+        if step % cfg.log_every == 0 or step == cfg.iterations - 1:
+            history["wasserstein"].append((d_real - d_fake).item())
+            history["gradient_penalty"].append(gp.item())
+            history["generator"].append(loss_g.item())
+            bar.set_postfix(W=f"{history['wasserstein'][-1]:.3f}", gp=f"{history['gradient_penalty'][-1]:.3f}")
+        bar.update(1)
+        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir / f"gan-{step + 1:06d}.pt", G=G, D=D)
+        if gan_budget is not None and time.monotonic() - started > gan_budget:
+            stopped_early = True
+            break
+    bar.close()
+    gan_seconds = time.monotonic() - started
+
+    G.eval()
+    D.eval()
+    for p in list(G.parameters()) + list(D.parameters()):
+        p.requires_grad_(False)
+    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.encoder_lr, betas=cfg.betas)
+    E.train()
+    bar = _progress(cfg.encoder_iterations, f"encoder ({cfg.encoder_mode})", progress)
+    for step in range(cfg.encoder_iterations):
+        z = sample_prior(cfg.batch_size, cfg.latent_dim, gen) if cfg.encoder_mode == "ziz" else None
+        loss_e = encoder_loss(cfg.encoder_mode, batch(), E, G, D, cfg.kappa, z)
+        opt_e.zero_grad(set_to_none=True)
+        loss_e.backward()
+        opt_e.step()
+        if step % cfg.log_every == 0 or step == cfg.encoder_iterations - 1:
+            history["encoder"].append(loss_e.item())
+            bar.set_postfix(loss=f"{history['encoder'][-1]:.4f}")
+        bar.update(1)
+        if cfg.max_seconds is not None and time.monotonic() - started > cfg.max_seconds:
+            stopped_early = True
+            break
+    bar.close()
+    E.eval()
+    for p in E.parameters():
+        p.requires_grad_(False)
+    nets = TrainedNets(G, D, E, cfg, history, stopped_early=stopped_early,
+                       seconds={"gan": gan_seconds, "encoder": time.monotonic() - started - gan_seconds})
+    if checkpoint_dir:
+        save_checkpoint(checkpoint_dir / "final.pt", G=G, D=D, E=E)
+    return nets
+
+
+def save_checkpoint(path: Path, **modules: nn.Module) -> None:
+    """Weights only (state dicts of tensors), loadable with ``torch.load(weights_only=True)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({name: m.state_dict() for name, m in modules.items()}, path)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    d["betas"] = list(cfg.betas)
+    return d
