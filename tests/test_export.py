@@ -1,0 +1,97 @@
+"""The exported ONNX graph against PyTorch, the card, and refusal of a tampered graph."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stream_detector.card import load_card  # noqa: E402
+from stream_detector.errors import ModelLoadError  # noqa: E402
+from stream_detector.export import AnomalyScorer, export_onnx  # noqa: E402
+from stream_detector.nets import Critic, Encoder, Generator  # noqa: E402
+from stream_detector.scoring import Scorer  # noqa: E402
+from stream_detector.transforms import WindowTransform, fit_normalisation  # noqa: E402
+
+from conftest import synthetic_series, tiny_model  # noqa: E402
+
+
+@pytest.mark.parametrize("transform,arch", [("sequence", "conv"), ("distance-plot", "conv"),
+                                            ("distance-plot-mv", "conv"), ("sequence", "mlp")])
+def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch):
+    torch.manual_seed(0)
+    values = synthetic_series(400)
+    stats = fit_normalisation(values)
+    wt = WindowTransform(transform, stats, 32, plot_size=16)
+    shape = wt.output_shape()
+    scorer = AnomalyScorer(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0)
+    export_onnx(scorer, 32, 3, tmp_path / "model.onnx")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    windows = np.stack([values[i:i + 32] for i in range(0, 300, 7)]) * 1.3  # also outside the training range
+    onnx_score, onnx_channels, _, _ = sess.run(None, {"window": windows})
+    with torch.no_grad():
+        t_score, t_channels, _, _ = scorer(torch.from_numpy(windows))
+    assert onnx_score.shape == (len(windows),) and onnx_channels.shape == (len(windows), 3)
+    assert np.max(np.abs(onnx_score - t_score.numpy())) < 1e-4
+    assert np.max(np.abs(onnx_channels - t_channels.numpy())) < 1e-4
+    # dynamic batch: a batch of one gives the same score as inside the big batch
+    single = sess.run(["score"], {"window": windows[5:6]})[0]
+    assert abs(single[0] - onnx_score[5]) < 1e-5
+
+
+def test_card_records_the_contract(sequence_model):
+    card = load_card(sequence_model)
+    assert card["channels"] == ["a", "b", "c"] and card["window"] == 16 and card["stride"] == 4
+    assert card["transform"] == "sequence" and card["normalisation"]["method"] == "minmax"
+    thr = card["threshold"]
+    assert thr["method"] == "quantile" and thr["release"] <= thr["value"] and thr["calibration_windows"] > 100
+    assert card["graph"]["flops_per_window"] > 0
+    assert {"torch", "onnxruntime", "numpy"} <= set(card["libraries"])
+    assert card["training"]["train_points"] + card["training"]["calibration_points"] == 1200
+    assert (sequence_model / "training_curves.png").stat().st_size > 1000
+
+
+def test_threshold_matches_calibration_quantile(sequence_model):
+    """The card's threshold is the q-quantile of the held-out windows' scores from the ONNX graph."""
+    scorer = Scorer(sequence_model)
+    values = synthetic_series()[960:]  # the held-out 20 %
+    windows = np.stack([values[i:i + 16] for i in range(len(values) - 15)])
+    scores = scorer.score(windows)[0]
+    assert scorer.threshold == pytest.approx(float(np.quantile(scores, 0.995)), rel=1e-5)
+
+
+def test_tampered_onnx_is_refused(sequence_model, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(sequence_model, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="does not match its card"):
+        Scorer(bad)
+
+
+def test_card_without_threshold_is_refused(sequence_model, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(sequence_model, bad)
+    card = json.loads((bad / "model.json").read_text())
+    del card["threshold"]
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="missing keys threshold"):
+        Scorer(bad)
+
+
+def test_anomalous_windows_score_higher(tmp_path):
+    tiny_model(tmp_path, window=16)
+    scorer = Scorer(tmp_path)
+    values = synthetic_series(400, seed=5)
+    normal = np.stack([values[i:i + 16] for i in range(0, 300, 5)])
+    broken = normal.copy()
+    broken[:, 8:, 1] += 2.0  # a level shift in one channel
+    s_normal, _ = scorer.score(normal)
+    s_broken, c_broken = scorer.score(broken)
+    assert np.median(s_broken) > np.median(s_normal)
+    assert np.mean(np.argmax(c_broken, axis=1) == 1) > 0.5  # the shifted channel is blamed
