@@ -1,0 +1,1 @@
+"""Detection-quality metrics and report plots (shared by ``evaluate`` and the benchmarks)."""
