@@ -91,6 +91,7 @@ class WorkerConfig:
     # Micro-batching of windows into one ONNX Runtime call
     batch_max_windows: int = 64
     batch_max_latency_ms: float = 20.0
+    batch_max_messages: int = 1000  # input messages taken per agent step (Faust take_events)
     # Alert episodes
     alert_release_ratio: float | None = None  # release level = ratio * threshold
     alert_release_threshold: float | None = None  # absolute release level
@@ -99,6 +100,7 @@ class WorkerConfig:
     # Prometheus
     metrics_host: str = "127.0.0.1"  # loopback unless configured
     metrics_port: int = 9108  # 0 disables the metrics server
+    source_metrics_limit: int = 100  # per-source gauges for at most this many sources (0: none)
     log_level: str = "info"
 
     @property
@@ -284,12 +286,14 @@ _PARSERS: dict[str, Parser] = {
     "allowed_sources": _str_list,
     "batch_max_windows": _positive_int,
     "batch_max_latency_ms": _float(lambda x: x >= 0, "a number >= 0"),
+    "batch_max_messages": _positive_int,
     "alert_release_ratio": _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
     "alert_release_threshold": _float(lambda x: True, "a number"),
     "alert_quiet_seconds": _float(lambda x: x >= 0, "a number >= 0"),
     "alert_top_channels": _positive_int,
     "metrics_host": _str("a host name or IP address"),
     "metrics_port": _int(lambda x: 0 <= x <= 65535, "a port number 0-65535 (0 disables)"),
+    "source_metrics_limit": _int(lambda x: x >= 0, "an integer >= 0"),
     "log_level": _choice(LOG_LEVELS, str.lower),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(WorkerConfig)}

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the worker, defined once at module level (prometheus-client style).
+
+Names follow Prometheus conventions: ``stream_detector_`` prefix, base units, ``_total``
+for counters, ``_seconds`` for durations.  Labels are bounded: ``status`` and ``reason``
+come from fixed sets; the per-source gauges exist only for the first
+``per_source_limit`` sources (a configuration setting) so a fleet of 100,000 tail numbers
+cannot blow up the time-series database.  Faust's own sensor is attached to the same
+registry by the app (``stream_detector_faust_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter("stream_detector_messages", "Input messages by outcome (ok, dead_letter, redelivered).", ["status"])
+POINTS = Counter("stream_detector_points", "Telemetry points by outcome (ok, dead_letter, redelivered).", ["status"])
+DEAD_LETTERS = Counter("stream_detector_dead_letters", "Messages sent to the dead-letter topic, by reason.", ["reason"])
+WINDOWS = Counter("stream_detector_windows_scored", "Windows scored by the model.")
+ANOMALIES = Counter("stream_detector_anomalous_windows", "Scored windows at or above the threshold.")
+EPISODES_OPENED = Counter("stream_detector_alert_episodes_opened", "Alert episodes opened.")
+EPISODES_OPEN = Gauge("stream_detector_alert_episodes_open", "Alert episodes currently open (this worker).")
+SCORE = Histogram("stream_detector_window_score", "Anomaly score of each window (model units).",
+                  buckets=(1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100))
+BATCH_SIZE = Histogram("stream_detector_inference_batch_windows", "Windows per ONNX Runtime call.",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+INFERENCE = Histogram("stream_detector_inference_duration_seconds", "Duration of one ONNX Runtime call.",
+                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+LATENCY = Histogram("stream_detector_end_to_end_latency_seconds",
+                    "From the timestamp of a window's last point to the publication of its score.",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+SOURCES = Gauge("stream_detector_sources", "Sources with window state on this worker.")
+MODEL = Info("stream_detector_model", "The model being served and the ONNX Runtime provider running it.")
+SOURCE_SCORE = Gauge("stream_detector_source_score", "Latest window score per source (first N sources only).",
+                     ["source"])
+SOURCE_THRESHOLD = Gauge("stream_detector_source_threshold", "Alert threshold per source (first N sources only).",
+                         ["source"])
+SOURCE_LAST_SEEN = Gauge("stream_detector_source_last_point_timestamp_seconds",
+                         "Timestamp of the latest point per source (first N sources only).", ["source"])
+
+
+class SourceGauges:
+    """Per-source gauges for at most ``limit`` sources (0 disables them); the rest are not labelled."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.known: set[str] = set()
+
+    def _allowed(self, source: str) -> bool:
+        if source in self.known:
+            return True
+        if len(self.known) < self.limit:
+            self.known.add(source)
+            return True
+        return False
+
+    def update(self, source: str, score: float, threshold: float, last_ts: float) -> None:
+        if self._allowed(source):
+            SOURCE_SCORE.labels(source).set(score)
+            SOURCE_THRESHOLD.labels(source).set(threshold)
+            SOURCE_LAST_SEEN.labels(source).set(last_ts)
+
+
+def serve(host: str, port: int):
+    """Serve ``/metrics`` over HTTP (loopback unless configured otherwise); returns the server."""
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
