@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install tools demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stream-detector demo
 
-test: $(STAMP)
+# promtool and prometheus (Debian's package) for the alert-rule tests and the real-Prometheus test.
+tools:
+	sh scripts/install-tools.sh
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -75,8 +75,7 @@ def create_app(cfg: WorkerConfig, scorer: Scorer | None = None) -> faust.App:
     scores_topic = app.topic(cfg.topic_scores, **raw)
     alerts_topic = app.topic(cfg.topic_alerts, **raw)
     dead_topic = app.topic(cfg.topic_dead_letters, **raw)
-    table = app.Table(STATE_TABLE, default=None, partitions=cfg.partitions, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+    table = app.Table(STATE_TABLE, default=None, partitions=cfg.partitions, key_type=bytes, value_type=bytes)
     detector = Detector(scorer, cfg, load_state=lambda source: table.data.get(source.encode()))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
     app.detector = detector  # for tests and the CLI
@@ -109,8 +108,8 @@ def create_app(cfg: WorkerConfig, scorer: Scorer | None = None) -> faust.App:
     async def on_revoked(app_, revoked, **kwargs) -> None:
         detector.forget()  # reloaded from the table (restored by Faust) when next seen
 
-    @app.on_startup.connect
-    async def start_metrics(app_, **kwargs) -> None:
+    @app.task
+    async def start_metrics() -> None:
         if cfg.metrics_port:
             app.metrics_server = metrics.serve(cfg.metrics_host, cfg.metrics_port)
         log.info("stream-detector: model %s:%s (%s), window %d stride %d, input topic %r",

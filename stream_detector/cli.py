@@ -170,6 +170,91 @@ def _report_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- streaming
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .worker import run_worker
+
+    cfg = load_config(args.config)
+    if args.model:
+        from dataclasses import replace
+
+        cfg = replace(cfg, model_dir=args.model)
+    run_worker(cfg)
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .broker import EmbeddedBroker
+
+    topics = {name: args.partitions for name in args.topic}
+    with EmbeddedBroker(port=args.port, topics=topics) as broker:
+        print(f"embedded Kafka broker on {broker.bootstrap} (Faust URL {broker.url}); topics: "
+              f"{', '.join(f'{t} x{n}' for t, n in topics.items()) or 'none yet'}; Ctrl-C to stop", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            if not broker.running:
+                raise UserError(f"the broker exited; its log: {broker.log_path}")
+    return 0
+
+
+def replay_sources(paths: list[str], names: list[str] | None, channels: list[str] | None):
+    """One :class:`~stream_detector.replay.ReplaySource` per file, named by ``names`` or the file stem."""
+    from .data import load_series, select_channels
+    from .replay import ReplaySource
+
+    if names and len(names) != len(paths):
+        raise UserError(f"--source names {len(names)} sources but --data gives {len(paths)} files")
+    out = []
+    for i, path in enumerate(paths):
+        series = load_series(path)
+        chans = channels or series.channels
+        if channels:
+            from dataclasses import replace
+
+            series = replace(series, values=select_channels(series, channels))
+        out.append(ReplaySource(names[i] if names else Path(path).stem, series, list(chans)))
+    return out
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import load_config
+    from .replay import replay
+
+    cfg = load_config(args.config)
+    bootstrap = args.bootstrap.split(",") if args.bootstrap else cfg.bootstrap_servers
+    channels = args.channels.split(",") if args.channels else None
+    if args.model:
+        from .card import load_card
+
+        channels = list(load_card(args.model)["channels"])
+    sources = replay_sources(args.data, args.source.split(",") if args.source else None, channels)
+    try:
+        result = asyncio.run(replay(sources, bootstrap, args.topic or cfg.topic_input, rate=args.rate,
+                                    batch=args.batch, fmt=args.format, retime=args.retime, limit=args.limit,
+                                    security=cfg.aiokafka_security_kwargs()))
+    except Exception as e:  # aiokafka's connection errors are the user's broker address, not a bug
+        if type(e).__module__.startswith("aiokafka") or isinstance(e, OSError):
+            raise UserError(f"cannot send to Kafka at {','.join(bootstrap)}: {e}") from None
+        raise
+    print(f"sent {result['points']} points in {result['messages']} messages from {len(sources)} sources "
+          f"in {result['seconds']:.1f} s ({result['points_per_second']} points/s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(seconds=args.seconds, rate=args.rate, metrics_port=args.metrics_port, live=not args.no_live)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-detector", description=__doc__.splitlines()[0])
@@ -219,6 +304,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=_positive_int, help="override the card's stride")
     e.add_argument("--out", required=True, help="report directory")
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("worker", help="run the streaming worker (Faust agent) against Kafka")
+    w.add_argument("--config", help="YAML config file (STREAM_DETECTOR_* environment variables override it)")
+    w.add_argument("--model", help="model directory (overrides the config's model_dir)")
+    w.set_defaults(func=cmd_worker)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (development, demo, tests)")
+    b.add_argument("--port", type=_positive_int, help="TCP port on 127.0.0.1 (default: a free one)")
+    b.add_argument("--topic", action="append", default=[], help="topic to create (repeatable)")
+    b.add_argument("--partitions", type=_positive_int, default=4)
+    b.set_defaults(func=cmd_broker)
+
+    r = sub.add_parser("replay", help="send recorded telemetry (CSV or .npy) to the input topic, keyed by source")
+    r.add_argument("--data", required=True, nargs="+", help="one file per source")
+    r.add_argument("--source", help="comma-separated source ids, one per file (default: file stems)")
+    r.add_argument("--topic", help="input topic (default: the config's topic_input)")
+    r.add_argument("--config", help="worker config for the broker address and security settings")
+    r.add_argument("--bootstrap", help="host:port[,host:port] (overrides the config)")
+    r.add_argument("--rate", type=float, help="points per second per source (default: as fast as possible)")
+    r.add_argument("--batch", type=_positive_int, default=1, help="points per message (1: single-point messages)")
+    r.add_argument("--format", choices=["msgpack", "json"], default="msgpack")
+    r.add_argument("--channels", help="comma-separated channel names to send (default: all)")
+    r.add_argument("--model", help="send the channels this model's card names")
+    r.add_argument("--retime", action="store_true", help="send wall-clock timestamps instead of the file's")
+    r.add_argument("--limit", type=_positive_int, help="send at most this many points per source")
+    r.set_defaults(func=cmd_replay)
+
+    d = sub.add_parser("demo", help="broker + worker + replay of real SMAP telemetry, with a live view")
+    d.add_argument("--seconds", type=float, default=100.0, help="replay duration budget")
+    d.add_argument("--rate", type=float, help="points per second per source (default: fit the budget)")
+    d.add_argument("--metrics-port", type=int, default=9108)
+    d.add_argument("--no-live", action="store_true", help="no live table, just the summary")
+    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -54,6 +54,7 @@ REASONS: tuple[str, ...] = (
     "missing_source",     # no (or empty) message key
     "unknown_source",     # key not in the configured allow-list
     "missing_channel",    # a model channel is absent and imputation is off or impossible
+    "unknown_channel",    # a channel the model does not know (a renamed or misrouted sensor)
     "bad_value",          # NaN, inf, out of float32 range, or non-numeric value/timestamp
     "bad_shape",          # batch arrays of unequal length, empty batch, scalar/list mix
     "ts_not_increasing",  # timestamps not strictly increasing (in a batch or per source)
@@ -139,6 +140,7 @@ class PointDecoder:
         if len(set(channels)) != len(channels):
             raise ValueError("duplicate channel names")
         self.channels: tuple[str, ...] = tuple(channels)
+        self._known = frozenset(self.channels)
         self.allow_imputation = bool(allow_imputation)
         self.max_bytes = int(max_bytes)
         self.allowed_sources = frozenset(allowed_sources) if allowed_sources is not None else None
@@ -186,6 +188,10 @@ class PointDecoder:
         ts_obj, vals = msg["ts"], msg["values"]
         if not isinstance(vals, dict):
             raise InvalidMessage("undecodable", "'values' must be a map of channel -> value(s)")
+        if len(vals) > len(self.channels) or not self._known.issuperset(vals):
+            extra = sorted(str(k) for k in vals if k not in self._known)
+            raise InvalidMessage("unknown_channel", f"channel {extra[0][:60]!r} is not one of the model's"
+                                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
         if _is_number(ts_obj):
             ts, values = self._single(ts_obj, vals, last_values)
         elif isinstance(ts_obj, list):

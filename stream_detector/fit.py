@@ -41,19 +41,40 @@ def library_versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def fit_series_model(values: np.ndarray, channels: list[str], out_dir: Path, *, window: int, stride: int,
-                     transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
+def _split_segments(segments: list[np.ndarray], window: int, train_fraction: float, source: str):
+    """Each segment's first ``train_fraction`` trains, its rest calibrates (time order kept)."""
+    train_parts, calib_parts = [], []
+    for i, seg in enumerate(segments):
+        split = int(len(seg) * train_fraction)
+        if split < window or len(seg) - split < window:
+            what = source or "data"
+            if len(segments) > 1:
+                what += f" (segment {i})"
+            need = int(np.ceil(window / min(train_fraction, 1 - train_fraction)))
+            raise DataError(f"{what}: {len(seg)} rows are too few to train on {train_fraction:.0%} and calibrate on "
+                            f"the rest with windows of {window}; need at least {need}")
+        train_parts.append(seg[:split])
+        calib_parts.append(seg[split:])
+    return train_parts, calib_parts
+
+
+def _windows(parts: list[np.ndarray], window: int, stride: int) -> np.ndarray:
+    return np.concatenate([sliding_windows(p, window, stride) for p in parts])
+
+
+def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str], out_dir: Path, *, window: int,
+                     stride: int, transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
                      version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
                      progress: bool = True) -> dict:
-    """Train on ``values [T, C]`` and write ``model.onnx``, ``model.json`` and plots to ``out_dir``."""
-    values = np.asarray(values, dtype=np.float32)
-    n = len(values)
-    split = int(n * train_fraction)
-    if split < window or n - split < window:
-        raise DataError(f"{source or 'data'}: {n} rows are too few to train on {train_fraction:.0%} and calibrate on "
-                        f"the rest with windows of {window}; need at least {int(np.ceil(window / min(train_fraction, 1 - train_fraction)))}")
-    train_values, calib_values = values[:split], values[split:]
+    """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
+    pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
+    plots to ``out_dir``."""
+    segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    train_parts, calib_parts = _split_segments(segments, window, train_fraction, source)
+    n = sum(len(v) for v in segments)
+    split = sum(len(v) for v in train_parts)
+    train_values = np.concatenate(train_parts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -61,7 +82,7 @@ def fit_series_model(values: np.ndarray, channels: list[str], out_dir: Path, *, 
     stats = fit_normalisation(train_values)
     wt = WindowTransform(transform, stats, window, plot_size)
     train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
-    x = _transform_windows(wt, sliding_windows(train_values, window, train_stride))
+    x = _transform_windows(wt, _windows(train_parts, window, train_stride))
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
     scorer = AnomalyScorer(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
     export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
@@ -79,7 +100,7 @@ def fit_series_model(values: np.ndarray, channels: list[str], out_dir: Path, *, 
                   "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
                               "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
                   "flops_per_window": flops},
-        "training": {"config": config_dict(cfg), "source": source, "points": n, "train_points": split,
+        "training": {"config": config_dict(cfg), "source": source, "points": n, "segments": len(segments), "train_points": split,
                      "calibration_points": n - split, "train_windows": int(len(x)), "train_window_stride": train_stride,
                      "seconds": round(time.monotonic() - started, 2), "stopped_early_by_budget": nets.stopped_early,
                      "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
@@ -88,10 +109,10 @@ def fit_series_model(values: np.ndarray, channels: list[str], out_dir: Path, *, 
     # Calibrate on the held-out normal windows with the exported graph itself.
     write_card(out_dir, dict(card, threshold={"value": 0.0, "release": 0.0}))
     ort_scorer = Scorer(out_dir)
-    calib_windows = sliding_windows(calib_values, window, 1)
+    calib_windows = _windows(calib_parts, window, 1)
     calib_scores = np.concatenate([ort_scorer.score(calib_windows[i:i + 512])[0] for i in range(0, len(calib_windows), 512)])
-    train_scores = np.concatenate([ort_scorer.score(w)[0] for w in np.array_split(
-        sliding_windows(train_values, window, max(1, train_stride)), max(1, len(x) // 512))])
+    train_windows = _windows(train_parts, window, train_stride)
+    train_scores = np.concatenate([ort_scorer.score(train_windows[i:i + 512])[0] for i in range(0, len(train_windows), 512)])
     card["threshold"] = quantile_threshold(calib_scores, threshold_quantile, release_quantile)
     card["validation"] = {
         "calibration_score_median": float(np.median(calib_scores)),

@@ -35,9 +35,11 @@ def reason(dec, key, raw, **kw):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_single_point_in_model_order_extra_channels_ignored(fmt):
+def test_single_point_in_model_order_extra_channel_rejected(fmt):
     dec = PointDecoder(CHANNELS)
-    raw = encode_points(12.5, {"c": 3.0, "zz": 99.0, "a": 1.0, "b": 2}, fmt=fmt)
+    assert reason(dec, b"engine-7", encode_points(12.5, {"c": 3.0, "zz": 99.0, "a": 1.0, "b": 2}, fmt=fmt)) == "unknown_channel"
+    assert reason(dec, b"engine-7", encode_points([1.0], {"c": [3.0], "zz": [9.0], "a": [1.0], "b": [2]}, fmt=fmt)) == "unknown_channel"
+    raw = encode_points(12.5, {"c": 3.0, "a": 1.0, "b": 2}, fmt=fmt)
     assert detect_format(raw) == fmt
     p = dec.decode(b"engine-7", raw)
     assert p.source == "engine-7" and len(p) == 1
@@ -51,7 +53,7 @@ def test_batch_matches_single_decodes(fmt):
     rng = np.random.default_rng(0)
     n = 50
     ts = 1.7e9 + np.cumsum(rng.uniform(0.1, 1.0, n))
-    vals = {ch: rng.normal(size=n).astype(np.float32) for ch in ["b", "x", "c", "a"]}
+    vals = {ch: rng.normal(size=n).astype(np.float32) for ch in ["b", "c", "a"]}
     dec = PointDecoder(CHANNELS)
     batch = dec.decode("s", encode_points(ts, vals, fmt=fmt))
     singles = [dec.decode("s", encode_points(ts[i], {ch: v[i] for ch, v in vals.items()}, fmt=fmt)) for i in range(n)]
@@ -140,7 +142,7 @@ def test_imputation_fills_from_previous_point():
     assert dec.decode(b"s", single, last_values=prev).values.tolist() == [[1.0, 8.0, 3.0]]
     assert dec.decode(b"s", batch, last_values=prev).values.tolist() == [[1.0, 8.0, 3.0], [1.5, 8.0, 3.5]]
     # A message with none of the model's channels is not imputed wholesale.
-    assert reason(dec, b"s", encode_points(2.0, {"zz": 1.0}), last_values=prev) == "missing_channel"
+    assert reason(dec, b"s", encode_points(2.0, {}), last_values=prev) == "missing_channel"
     # Imputation does not excuse bad values.
     assert reason(dec, b"s", encode_points(2.0, {"a": float("nan"), "c": 1.0}), last_values=prev) == "bad_value"
 

@@ -1,0 +1,69 @@
+"""Build the demo's bundled data and model from NASA SMAP (``../shared/data/smap``).
+
+1. ``stream_detector/demo_data/smap_demo.npz``: the *test* split of a few SMAP channels
+   (the telemetry value, column 0, as float32), one demo source each, with the labelled
+   anomaly ranges from ``labeled_anomalies.csv``.  A few tens of KB, compressed.
+2. ``models/smap-demo/1/``: one univariate sequence model trained on the pooled *train*
+   splits of every SMAP channel (no test data, no labels), threshold calibrated on the
+   held-out last 20 % of each train split.
+
+Run ``python scripts/build_demo.py`` (needs the ``train`` extra); the outputs are committed
+so that ``make demo`` needs neither the shared data nor PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SOURCES = ["G-6", "E-11", "P-2", "D-3", "A-9"]
+
+
+def build_data(smap: Path, out: Path) -> None:
+    from stream_detector.data import load_ranges
+
+    labels = smap / "labeled_anomalies.csv"
+    arrays, ranges = {}, {}
+    for src in DEMO_SOURCES:
+        test = np.load(smap / "test" / f"{src}.npy")[:, 0].astype(np.float32)
+        arrays[src] = test
+        ranges[src] = [list(map(int, r)) for r in load_ranges(str(labels), len(test), src)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, sources=np.array(DEMO_SOURCES), ranges=np.array(json.dumps(ranges)),
+                        **{f"series_{s}": a for s, a in arrays.items()})
+    print(f"{out}: {out.stat().st_size / 1024:.0f} KB, sources {', '.join(DEMO_SOURCES)}")
+
+
+def build_model(smap: Path, out: Path, seconds: float, iterations: int) -> None:
+    from stream_detector.fit import fit_series_model
+    from stream_detector.training import TrainConfig
+
+    segments = [np.load(p)[:, :1].astype(np.float32) for p in sorted((smap / "train").glob("*.npy"))]
+    segments = [s for s in segments if len(s) >= 400]
+    cfg = TrainConfig(arch="conv", iterations=iterations, encoder_iterations=iterations, encoder_mode="izi_f",
+                      kappa=1.0, seed=0, max_seconds=seconds)
+    card = fit_series_model(segments, ["value"], out, window=64, stride=8, transform="sequence", cfg=cfg,
+                            name="smap-demo", version=out.name, source=f"{smap}/train/*.npy column 0 "
+                            f"({len(segments)} channels pooled)", progress=True)
+    print(f"{out}: threshold {card['threshold']['value']:.5g}, trained {card['training']['seconds']:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smap", default=str(ROOT.parent / "shared" / "data" / "smap"))
+    p.add_argument("--seconds", type=float, default=300)
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--skip-model", action="store_true")
+    a = p.parse_args()
+    smap = Path(a.smap)
+    build_data(smap, ROOT / "stream_detector" / "demo_data" / "smap_demo.npz")
+    if not a.skip_model:
+        build_model(smap, ROOT / "models" / "smap-demo" / "1", a.seconds, a.iterations)
+
+
+if __name__ == "__main__":
+    main()
