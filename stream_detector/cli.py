@@ -249,6 +249,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHES = {
+    "paper": "MNIST and UCI HAR protocols of Haloui et al. (AUPRC per class)",
+    "telemanom": "per-channel detection on a telemanom-layout folder (SMAP): event F1 and more",
+    "nab": "the Numenta Anomaly Benchmark, scored by the package's NAB scorer",
+    "throughput": "points/s and latency of the real worker on the embedded broker",
+    "inference": "windows/s of ONNX Runtime vs PyTorch by batch size, against the matmul peak",
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f".bench.{args.benchmark}", __package__)
+    return int(module.main([*args.rest]) or 0)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -337,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--metrics-port", type=int, default=9108)
     d.add_argument("--no-live", action="store_true", help="no live table, just the summary")
     d.set_defaults(func=cmd_demo)
+
+    bn = sub.add_parser("bench", help="benchmarks that write JSON and Markdown under docs/benchmarks/",
+                        description="; ".join(f"{k}: {v}" for k, v in BENCHES.items()))
+    bn.add_argument("benchmark", choices=list(BENCHES), help="which benchmark ('bench NAME --help' for its options)")
+    bn.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 
