@@ -235,7 +235,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from .card import load_card
 
         channels = list(load_card(args.model)["channels"])
-    sources = replay_sources(args.data, args.source.split(",") if args.source else None, channels)
+    if args.demo:
+        from .data import Series
+        from .demo import load_demo_data
+        from .replay import ReplaySource
+
+        sources = [ReplaySource(name, Series(values, ["value"]), ["value"]) for name, (values, _) in load_demo_data().items()]
+    elif args.data:
+        sources = replay_sources(args.data, args.source.split(",") if args.source else None, channels)
+    else:
+        raise UserError("replay needs --data FILE... or --demo")
     try:
         result = asyncio.run(replay(sources, bootstrap, args.topic or cfg.topic_input, rate=args.rate,
                                     batch=args.batch, fmt=args.format, retime=args.retime, limit=args.limit,
@@ -333,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_broker)
 
     r = sub.add_parser("replay", help="send recorded telemetry (CSV or .npy) to the input topic, keyed by source")
-    r.add_argument("--data", required=True, nargs="+", help="one file per source")
+    r.add_argument("--data", nargs="+", help="one file per source")
+    r.add_argument("--demo", action="store_true", help="send the bundled SMAP demo channels (one source each)")
     r.add_argument("--source", help="comma-separated source ids, one per file (default: file stems)")
     r.add_argument("--topic", help="input topic (default: the config's topic_input)")
     r.add_argument("--config", help="worker config for the broker address and security settings")

@@ -80,7 +80,8 @@ def send(bootstrap: str, topic: str, messages, pace: float = 0.0) -> list[int]:
     return asyncio.run(_send(bootstrap, topic, messages, pace))
 
 
-async def _read(bootstrap: str, topic: str, expected: int, timeout: float, settle: float) -> list[dict]:
+async def _read(bootstrap: str, topic: str, expected: int, timeout: float, settle: float,
+                decode=lambda m: decode_record(m.value)) -> list:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -93,7 +94,7 @@ async def _read(bootstrap: str, topic: str, expected: int, timeout: float, settl
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for msgs in batch.values():
-                records += [decode_record(m.value) for m in msgs]
+                records += [decode(m) for m in msgs]
             if len(records) >= expected:
                 settle_until = settle_until or time.monotonic() + settle
                 if time.monotonic() >= settle_until:
@@ -118,3 +119,8 @@ def metric(text: str, name: str, **labels) -> float:
     pattern = re.escape(name) + (r"\{" + re.escape(lab) + r"\}" if lab else "") + r" ([0-9.eE+-]+)$"
     m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def read_raw(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` of every message on ``topic`` (for input topics, which hold no records)."""
+    return asyncio.run(_read(bootstrap, topic, expected, timeout, 1.0, decode=lambda m: (m.key, m.value)))

@@ -371,8 +371,8 @@ def test_compose_file_is_consistent():
     assert all(t in init for t in wanted), f"topic-init must create {wanted}"
     assert f"--partitions {cfg.partitions}" in init
 
-    replay = "".join(services["replay"]["command"])
-    assert f"--topic {cfg.topic_input}" in replay and "--rate 50" in replay and "stream-detector replay" in replay
+    replay = " ".join(services["replay"]["entrypoint"] + services["replay"]["command"])
+    assert f"--topic {cfg.topic_input}" in replay and "--rate 50" in replay and "stream-detector replay --demo" in replay
     assert (ROOT / "stream_detector" / "demo_data" / "smap_demo.npz").exists()
 
     scrape = _load(PROM_DIR / "prometheus.yml")["scrape_configs"]

