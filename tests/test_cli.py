@@ -114,6 +114,17 @@ def test_tampered_model_on_the_cli(trained, tmp_path):
     np.save(tmp_path / "d.npy", synthetic_series(100))
     assert_one_line_error(run("score", "--model", tmp_path / "m", "--data", tmp_path / "d.npy", "--out",
                               tmp_path / "s.csv", ok=False), "does not match its card")
+    # the worker refuses it at start, before touching Kafka
+    assert_one_line_error(run("worker", "--model", tmp_path / "m", ok=False), "does not match its card")
+
+
+def test_worker_config_errors_name_the_key(sequence_model, tmp_path):
+    (tmp_path / "w.yaml").write_text(f"model_dir: {sequence_model}\nbatch_max_windows: lots\n")
+    assert_one_line_error(run("worker", "--config", tmp_path / "w.yaml", ok=False), "batch_max_windows")
+    (tmp_path / "w.yaml").write_text(f"model_dir: {sequence_model}\nbatch_windows: 3\n")
+    assert_one_line_error(run("worker", "--config", tmp_path / "w.yaml", ok=False), "batch_windows")
+    assert_one_line_error(run("worker", "--config", tmp_path / "missing.yaml", ok=False), "missing.yaml")
+    assert_one_line_error(run("worker", ok=False), "model_dir")
 
 
 def test_bad_csv_value(tmp_path):
