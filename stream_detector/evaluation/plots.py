@@ -73,6 +73,9 @@ def plot_score_timeline(scores: np.ndarray, threshold: float, label_ranges, path
         axes[0].set_ylabel("value")
     ax = axes[-1]
     ax.plot(np.asarray(scores), lw=0.7, color="tab:blue", label="score")
+    finite = np.asarray(scores, float)[np.isfinite(scores)]
+    if finite.size and finite.min() >= 0 and finite.max() > 100 * max(np.median(finite), 1e-12):
+        ax.set_yscale("symlog", linthresh=max(float(np.median(finite)), 1e-6))  # scores spanning decades
     ax.axhline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
     for i, (s, e) in enumerate(label_ranges):
         for a in axes:
