@@ -97,6 +97,8 @@ def test_inference_bench_smoke(tmp_path):
     assert inference.main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
     res = json.loads((tmp_path / "inference.json").read_text())
     assert res["peak_gflops"] > 0 and "cuda_measured" in res["gpu"]
+    peak = res["matmul_peak"]  # the best of the three GEMMs, so "share of peak" cannot flatter
+    assert res["peak_gflops"] == max(peak["torch_gflops"], peak["numpy_gflops"], peak["onnxruntime_gflops"])
     for m in res["models"].values():
         assert m["flops_per_window"] > 0 and m["best_windows_per_s"] > 0
         assert {"onnxruntime_cpu_windows_per_s", "torch_eager_windows_per_s", "ort_over_torch"} <= set(m["rows"][0])

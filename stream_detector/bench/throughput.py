@@ -197,9 +197,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _background() -> dict[str, Any]:
-    """Load average and whether another engineer's benchmark is running (two cores only)."""
-    others = subprocess.run(["pgrep", "-f", "bench.paper"], check=False, capture_output=True, text=True).stdout.split()
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "bench_paper_running": bool(others)}
+    """Load average and the other benchmarks running beside this one (the machine has two cores)."""
+    mine = {os.getpid(), os.getppid()}
+    found = subprocess.run(["pgrep", "-af", r"stream.detector.* bench |stream_detector\.bench\.(paper|nab|telemanom)"],
+                           check=False, capture_output=True, text=True).stdout.splitlines()
+    others = sorted({" ".join(line.split()[1:])[:120] for line in found if int(line.split()[0]) not in mine
+                     and "throughput" not in line})
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "other_benchmarks": others}
 
 
 def percentiles(values: list[float] | np.ndarray, qs=(50, 95, 99)) -> dict[str, float | None]:
@@ -588,7 +592,8 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         "W = 64); the others are the production networks (sized by `nets.default_sizes`) at SMAP shape "
         "(W = 64, C = 25, 32 x 32 plots), trained for a few steps (speed does not depend on the weights); "
         "default stride of the card (8). Load average at start: "
-        f"{res['background_start']['loadavg']} (another benchmark running: {res['background_start']['bench_paper_running']}).",
+        f"{res['background_start']['loadavg']}; other benchmarks running: "
+        f"{', '.join(res['background_start']['other_benchmarks']) or 'none'}.",
         "",
         "## The detector",
         "",
