@@ -330,7 +330,7 @@ def raw_at_threshold(prep: Prepared, cost: Mapping[str, float], threshold: float
     files = None
     if per_file:
         n = len(prep.files)
-        pf = np.bincount(prep.file[fp_mask], weights=w[fp_mask], minlength=n)
+        pf = np.bincount(prep.file[fp_mask], weights=w[fp_mask], minlength=n).astype(np.float64)
         pf += np.bincount(prep.window_file, weights=best, minlength=n)
         files = dict(zip(prep.files, pf.tolist()))
     return raw, _counts(prep, det), files

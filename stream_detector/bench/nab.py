@@ -1,0 +1,342 @@
+"""The Numenta Anomaly Benchmark, run online and scored by the package's NAB scorer.
+
+``stream-detector bench nab --data DIR`` (``DIR`` = a NAB checkout: ``data/``, ``labels/``,
+``config/``).  NAB's rules, kept here:
+
+* online: each point is seen once, in order; a point's score uses only points up to it;
+* the detector may train on the probationary first 15 % of each file (capped at 750 points,
+  as NAB's scorer caps it) and nothing else (the model is trained once on it; afterwards it
+  only scores);
+* one configuration for the whole corpus; the NAB threshold is optimised over the corpus
+  per profile by the scorer, as for every detector in NAB's leaderboard.
+
+The raw score of a point is the model's score of the window that ends at it.  NAB wants a
+score in ``[0, 1]``, so each raw score is turned into its causal rank among all earlier
+scores of the same file (the fraction of past scores below it), after a short moving
+average: a score unlike anything the stream has shown so far is close to 1, wherever the
+file's own scale lies.  ``--combine max_z`` takes the larger of that and the causal rank of the
+value's smoothed |z| against all earlier values; ``--rescore RESULTS`` reapplies this
+post-processing to a previous run's saved raw scores without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import json
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
+DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=1000, encoder_iterations=1000,
+                      encoder_mode="izi_f", kappa=1.0, max_seconds=15.0, probationary=0.15, smoothing=5, seed=0,
+                      combine="none")
+COMBINE = ("none", "max_z")
+
+
+def read_nab_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["timestamp"] for r in rows], np.array([float(r["value"]) for r in rows], dtype=np.float32)
+
+
+def causal_rank(scores: np.ndarray) -> np.ndarray:
+    """Fraction of earlier finite scores strictly below each score (NaN -> 0)."""
+    out = np.zeros(len(scores))
+    seen: list[float] = []
+    for i, s in enumerate(scores):
+        if not np.isfinite(s):
+            continue
+        out[i] = bisect.bisect_left(seen, s) / len(seen) if seen else 0.0
+        bisect.insort(seen, float(s))
+    return out
+
+
+def moving_average(x: np.ndarray, k: int) -> np.ndarray:
+    """Causal mean of the last ``k`` values (NaN where any of them is NaN)."""
+    if k <= 1:
+        return x
+    c = np.cumsum(np.nan_to_num(x, nan=0.0))
+    bad = np.cumsum(~np.isfinite(x))
+    out = np.full(len(x), np.nan)
+    out[k - 1:] = (c[k - 1:] - np.concatenate([[0.0], c[:-k]])) / k
+    nan_in = bad[k - 1:] - np.concatenate([[0], bad[:-k]])
+    out[k - 1:][nan_in > 0] = np.nan
+    return out
+
+
+def causal_zscore(x: np.ndarray) -> np.ndarray:
+    """``|x_t - mean(x_<t)| / std(x_<t)`` over all earlier points (NaN for the first two; a
+    change after a constant history scores 1e6)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = np.arange(len(x), dtype=np.float64)
+    c1 = np.concatenate([[0.0], np.cumsum(x)[:-1]])
+    c2 = np.concatenate([[0.0], np.cumsum(x * x)[:-1]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = c1 / n
+        std = np.sqrt(np.maximum(c2 / n - mean * mean, 0.0))
+        d = np.abs(x - mean)
+        z = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), d / std,
+                     np.where(d > 1e-12 * np.maximum(1.0, np.abs(mean)), 1e6, 0.0))
+    z[:2] = np.nan
+    return z
+
+
+def nab_likelihood(raw: np.ndarray, values: np.ndarray, cfg: dict) -> np.ndarray:
+    """The detector's NAB score from the model's raw point scores (and, with ``combine=max_z``,
+    the values themselves): causal rank of the smoothed raw score, or the larger of that and
+    the causal rank of the smoothed causal |z| of the value."""
+    likelihood = causal_rank(moving_average(raw, cfg["smoothing"]))
+    if cfg.get("combine", "none") == "max_z":
+        likelihood = np.maximum(likelihood, causal_rank(moving_average(causal_zscore(values), cfg["smoothing"])))
+    return likelihood
+
+
+def run_file(task: dict) -> dict:
+    """Train on the probationary part of one file and score every point online."""
+    import torch
+
+    from ..fit import fit_series_model
+    from ..scoring import Scorer, point_scores, score_series
+    from ..training import TrainConfig
+    from .nab_scorer import probationary_length
+
+    torch.set_num_threads(task["threads"])
+    c = task["config"]
+    timestamps, values = read_nab_csv(Path(task["path"]))
+    n, w = len(values), c["window"]
+    # NAB's probationary period (15 %, capped at 750 points): training on more would train on
+    # points that are scored afterwards, i.e. look ahead.
+    prob = probationary_length(n, c["probationary"])
+    train = values[:prob].reshape(-1, 1)
+    cfg = TrainConfig(arch=c["arch"], iterations=c["iterations"], encoder_iterations=c["encoder_iterations"],
+                      encoder_mode=c["encoder_mode"], kappa=c["kappa"], seed=c["seed"], max_seconds=c["max_seconds"])
+    model_dir = Path(task["models"]) / task["name"].replace("/", "__")
+    started = time.monotonic()
+    fit_series_model(train, ["value"], model_dir, window=w, stride=1, transform=c["transform"], cfg=cfg,
+                     train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"], progress=False)
+    train_seconds = time.monotonic() - started
+    started = time.monotonic()
+    scorer = Scorer(model_dir, threads=task["threads"])
+    res = score_series(scorer, values.reshape(-1, 1), stride=1)
+    raw = point_scores(n, res["starts"], w, res["scores"])
+    likelihood = nab_likelihood(raw, values, c)
+    return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
+            "raw": raw.tolist(), "points": n,
+            "probationary": prob, "train_seconds": round(train_seconds, 1),
+            "score_seconds": round(time.monotonic() - started, 2)}
+
+
+def rescore_file(root: Path, results: Path, name: str, cfg: dict) -> dict:
+    """A file's row from a previous run's results CSV: its model scores (``raw_score``) with this
+    run's post-processing; nothing is trained."""
+    from .nab_scorer import probationary_length
+
+    category, fname = name.split("/")
+    with open(results / "streamdetector" / category / f"streamdetector_{fname}", newline="") as f:
+        raw = np.array([float(r["raw_score"]) for r in csv.DictReader(f)])
+    timestamps, values = read_nab_csv(root / "data" / name)
+    if len(raw) != len(values):
+        raise ValueError(f"{name}: {len(raw)} raw scores for {len(values)} rows")
+    raw[: cfg["window"] - 1] = np.nan  # no complete window yet (older runs wrote 0 there)
+    started = time.monotonic()
+    likelihood = nab_likelihood(raw, values, cfg)
+    return {"name": name, "timestamps": timestamps, "scores": likelihood.tolist(), "raw": raw.tolist(),
+            "points": len(values), "probationary": probationary_length(len(values), cfg["probationary"]),
+            "train_seconds": 0.0, "score_seconds": round(time.monotonic() - started, 2)}
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root / "data")) for p in (root / "data").glob("*/*.csv"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-detector bench nab", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="NAB folder (data/, labels/combined_windows.json, config/)")
+    p.add_argument("--limit", type=int, help="only the first N files (smoke runs; the score is then not NAB's)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-seconds", type=float, help=f"training budget per file (default {DEFAULT_CONFIG['max_seconds']})")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--name", default="nab")
+    p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
+    p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
+    p.add_argument("--combine", choices=COMBINE, help="'max_z': the larger of the model's rank and the rank of "
+                   "the value's causal |z| (default 'none': the model's rank only)")
+    p.add_argument("--rescore", help="a previous run's results folder (<detector>/<category>/*.csv with raw_score): "
+                   "reuse its model scores, no training, and apply this run's post-processing")
+    return p
+
+
+def write_results(results_dir: Path, detector: str, rows: list[dict], root: Path) -> None:
+    """NAB's results layout: ``<detector>/<category>/<detector>_<file>.csv`` with
+    ``timestamp,value,anomaly_score`` (what NAB's scorer and ours read), plus the model's
+    ``raw_score`` before smoothing and ranking."""
+    for r in rows:
+        category, fname = r["name"].split("/")
+        path = results_dir / detector / category / f"{detector}_{fname}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, values = read_nab_csv(root / "data" / r["name"])
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["timestamp", "value", "anomaly_score", "raw_score"])
+            for t, v, s, raw in zip(r["timestamps"], values, r["scores"], r["raw"]):
+                w.writerow([t, repr(float(v)), f"{s:.6f}", f"{raw:.6g}"])
+
+
+def markdown(result: dict) -> str:
+    s = result["scores"]
+    lines = [f"# NAB: {result['files']} files, scored by stream_detector.bench.nab_scorer", "",
+             f"Machine: {result['machine']}; training {result['train_seconds']:.0f} s and scoring "
+             f"{result['score_seconds']:.0f} s in total (wall clock {result['wall_seconds']:.0f} s).", "",
+             "Configuration (one for the corpus): " + ", ".join(f"`{k}={v}`" for k, v in result["config"].items()) + ".",
+             "", "| profile | score | threshold | tp | fp | fn |", "|---|---|---|---|---|---|"]
+    for profile, r in s.items():
+        lines.append(f"| {profile} | **{r['score']:.1f}** | {r['threshold']:.4f} | {r.get('tp', '')} | "
+                     f"{r.get('fp', '')} | {r.get('fn', '')} |")
+    lines += ["", "Published (standard profile): " + "; ".join(f"{k} {v}" for k, v in PUBLISHED.items()) + "."]
+    if result.get("plots"):
+        lines += ["", "Best and worst labelled file (standard profile, per-file raw score): "
+                  + ", ".join(f"[{p}]({p})" for p in result["plots"]) + "."]
+    profiles = list(s)
+    lines += ["", "## Per file", "", "Raw NAB score per file at the corpus threshold of each profile (a missed window "
+              "costs `fnWeight`, a window detected at its start earns about `tpWeight`, false positives cost "
+              "`fpWeight` each; the normalised corpus score is not a sum of these).", "",
+              "| file | points | probation | train s | score s | " + " | ".join(profiles) + " |",
+              "|---|---|---|---|---|" + "---|" * len(profiles)]
+    for f in result.get("per_file", []):
+        lines.append(f"| {f['name']} | {f['points']} | {f['probationary']} | {f['train_seconds']:.0f} | "
+                     f"{f['score_seconds']:.1f} | " + " | ".join(f"{f.get('raw_' + p, 0.0):+.2f}" for p in profiles) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def score_nab_results(detector_dir: Path, root: Path) -> dict:
+    """``{profile: {"score", "threshold", "tp", "fp", "fn"}}`` with thresholds optimised over the corpus."""
+    from .nab_scorer import score_corpus
+
+    return score_corpus(detector_dir, root / "labels" / "combined_windows.json", root / "config" / "profiles.json",
+                        data_dir=root / "data", per_file=True)
+
+
+def plot_file(root: Path, row: dict, threshold: float, title: str, png: Path) -> None:
+    """Raw values, the detector's NAB score (with the standard profile's threshold), the label
+    windows shaded and the probationary period marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .nab_scorer import load_windows, to_datetime64
+
+    ts = to_datetime64(row["timestamps"])
+    _, values = read_nab_csv(root / "data" / row["name"])
+    windows = load_windows(root / "labels" / "combined_windows.json").get(row["name"], [])
+    fig, (a, b) = plt.subplots(2, 1, figsize=(12, 5), sharex=True)
+    a.plot(ts, values, lw=0.6, color="tab:blue")
+    a.set_ylabel("value")
+    b.plot(ts, row["scores"], lw=0.6, color="tab:red", label="NAB score (causal rank)")
+    b.axhline(threshold, color="k", ls="--", lw=0.8, label=f"standard threshold {threshold:.4f}")
+    b.set_ylabel("score")
+    b.set_ylim(-0.02, 1.02)
+    for ax in (a, b):
+        for lo, hi in windows:
+            ax.axvspan(lo, hi, color="orange", alpha=0.3, lw=0)
+        ax.axvspan(ts[0], ts[row["probationary"] - 1], color="grey", alpha=0.15, lw=0)
+    b.legend(loc="lower left", fontsize=8)
+    a.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name: str) -> list[str]:
+    """Plot the labelled files with the highest and lowest per-file raw score (standard profile)."""
+    from .nab_scorer import load_windows
+
+    std = scores.get("standard")
+    if not std or not std.get("per_file"):
+        return []
+    windows = load_windows(root / "labels" / "combined_windows.json")
+    labelled = [r for r in rows if len(windows.get(r["name"], []))]
+    if not labelled:
+        return []
+    ranked = sorted(labelled, key=lambda r: std["per_file"].get(r["name"], 0.0))
+    written = []
+    for tag, r in (("best", ranked[-1]), ("worst", ranked[0])):
+        stem = Path(r["name"]).stem
+        png = out / f"{name}_{tag}_{stem}.png"
+        plot_file(root, r, std["threshold"], f"NAB {tag}: {r['name']} (standard raw score "
+                  f"{std['per_file'][r['name']]:+.2f}; label windows shaded, probation grey)", png)
+        written.append(str(png))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import multiprocessing as mp
+
+    import torch
+
+    from ..errors import UserError
+
+    a = build_parser().parse_args(argv)
+    root = Path(a.data)
+    if not (root / "data").is_dir() or not (root / "labels" / "combined_windows.json").exists():
+        raise UserError(f"{root} is not a NAB folder: need data/ and labels/combined_windows.json")
+    cfg = dict(DEFAULT_CONFIG)
+    if a.max_seconds is not None:
+        cfg["max_seconds"] = a.max_seconds
+    if a.iterations:
+        cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
+    if a.combine:
+        cfg["combine"] = a.combine
+    files = _files(root)[: a.limit] if a.limit else _files(root)
+    models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-nab-"))
+    started = time.monotonic()
+    rows = []
+    if a.rescore:
+        rows = [rescore_file(root, Path(a.rescore), f, cfg) for f in files]
+        cfg["rescored_from"] = str(a.rescore)
+    else:
+        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_file, {"name": f, "path": str(root / "data" / f), "models": str(models),
+                                              "config": cfg, "threads": a.threads}) for f in files]
+            for f, fut in zip(files, futures):
+                r = fut.result()
+                rows.append(r)
+                print(f"[{len(rows)}/{len(files)}] {f}: {r['points']} points, trained {r['train_seconds']:.0f} s, "
+                      f"scored {r['score_seconds']:.1f} s (elapsed {time.monotonic() - started:.0f} s)", flush=True)
+    results_dir = Path(a.results) if a.results else Path(tempfile.mkdtemp(prefix="sd-nab-results-"))
+    write_results(results_dir, "streamdetector", rows, root)
+    scores = score_nab_results(results_dir / "streamdetector", root)
+    result = {"config": cfg, "files": len(rows), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+              f"torch {torch.__version__}", "load_average": [round(v, 2) for v in os.getloadavg()],
+              "date": datetime.now().isoformat(timespec="seconds"),
+              "train_seconds": round(sum(r["train_seconds"] for r in rows), 1),
+              "score_seconds": round(sum(r["score_seconds"] for r in rows), 1),
+              "wall_seconds": round(time.monotonic() - started, 1), "scores": scores,
+              "per_file": [{**{k: r[k] for k in ("name", "points", "probationary", "train_seconds", "score_seconds")},
+                            **{f"raw_{p}": round(s["per_file"].get(r["name"], 0.0), 4) for p, s in scores.items()}}
+                           for r in rows]}
+    for s in scores.values():
+        s.pop("per_file", None)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["plots"] = [Path(p).name for p in plot_best_worst(root, rows, {p: dict(s, per_file={
+        f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name)]
+    (out / f"{a.name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / f"{a.name}.md").write_text(markdown(result))
+    print("; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()) + f"; written to {out / a.name}.json/.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""The NAB runner (``stream_detector.bench.nab``): its causal score transforms on hand-computed
+cases, and a smoke run end to end on a tiny synthetic folder in NAB's layout.
+
+The smoke run trains three tiny models (20 iterations, 1 s budget each), so its NAB score means
+nothing; it checks the plumbing: NAB's probationary period, one score in ``[0, 1]`` per data
+row, results CSVs in NAB's layout, the JSON/Markdown report and the best/worst plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_detector.bench import nab
+from stream_detector.bench import nab_scorer as ns
+from stream_detector.data import data_root
+
+# NAB's three profiles, as in NAB v1.1's config/profiles.json (used when the shared copy is absent).
+STANDARD_PROFILES = {
+    "standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
+    "reward_low_FP_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.22, "tnWeight": 1.0}},
+    "reward_low_FN_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0}},
+}
+
+
+# ------------------------------------------------------------------------------------------
+# causal_rank
+
+
+def test_causal_rank_hand_computed():
+    x = np.array([3.0, 1.0, 2.0, 5.0, np.nan, 0.0, 2.0])
+    # seen before each point: [] -> 0; [3] -> 1 is not above 3 -> 0/1; [1,3] -> 2 is above 1 -> 1/2;
+    # [1,2,3] -> 5 above all -> 3/3; NaN -> 0 (and not remembered); [1,2,3,5] -> 0 -> 0/4;
+    # [0,1,2,3,5] -> 2 strictly above 0 and 1 only (ties do not count) -> 2/5.
+    np.testing.assert_allclose(nab.causal_rank(x), [0.0, 0.0, 0.5, 1.0, 0.0, 0.0, 0.4])
+
+
+def test_causal_rank_ties_and_constant_stream():
+    np.testing.assert_array_equal(nab.causal_rank(np.ones(6)), np.zeros(6))
+    np.testing.assert_allclose(nab.causal_rank(np.array([1.0, 2.0, 2.0, 3.0])), [0.0, 1.0, 0.5, 1.0])
+
+
+def test_causal_rank_never_looks_ahead():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    base = nab.causal_rank(x)
+    for k in (1, 50, 150, 299):
+        y = x.copy()
+        y[k:] = rng.normal(loc=100.0, size=len(y) - k)  # a very different future
+        out = nab.causal_rank(y)
+        np.testing.assert_array_equal(out[:k], base[:k])
+        assert out[k] == 1.0  # the first huge value is above everything seen before it
+    assert np.all((base >= 0) & (base <= 1))
+
+
+# ------------------------------------------------------------------------------------------
+# moving_average
+
+
+def test_moving_average_hand_computed():
+    np.testing.assert_allclose(nab.moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2), [np.nan, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(nab.moving_average(np.array([3.0, 0.0, 6.0, 3.0, 9.0]), 3),
+                               [np.nan, np.nan, 3.0, 3.0, 6.0])
+
+
+def test_moving_average_nan_spoils_only_its_windows():
+    x = np.array([1.0, np.nan, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(nab.moving_average(x, 2), [np.nan, np.nan, np.nan, 3.5, 4.5])
+
+
+def test_moving_average_k1_is_identity():
+    x = np.array([1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(nab.moving_average(x, 1), x)
+
+
+def test_moving_average_is_causal():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    base = nab.moving_average(x, 5)
+    y = x.copy()
+    y[120:] += 50.0
+    out = nab.moving_average(y, 5)
+    np.testing.assert_array_equal(out[:120], base[:120])
+    assert out[120] != base[120]
+
+
+# ------------------------------------------------------------------------------------------
+# causal_zscore (the value's |z| against all earlier values, for combine=max_z)
+
+
+def test_causal_zscore_hand_computed():
+    z = nab.causal_zscore(np.array([1.0, 3.0, 2.0, 10.0]))
+    # t=2: past [1, 3]: mean 2, std 1 -> 0; t=3: past [1, 3, 2]: mean 2, std sqrt(2/3) -> 8 / 0.8165
+    np.testing.assert_allclose(z, [np.nan, np.nan, 0.0, 8.0 / math.sqrt(2.0 / 3.0)])
+
+
+def test_causal_zscore_constant_history_and_causality():
+    np.testing.assert_allclose(nab.causal_zscore(np.array([5.0, 5.0, 5.0, 6.0])), [np.nan, np.nan, 0.0, 1e6])
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=100)
+    y = x.copy()
+    y[60:] = 40.0
+    np.testing.assert_array_equal(nab.causal_zscore(y)[:60], nab.causal_zscore(x)[:60])
+
+
+# ------------------------------------------------------------------------------------------
+# The scorer's per-file breakdown (the runner asks for it) when the best threshold detects nothing
+
+
+def test_per_file_scores_when_nothing_is_detected():
+    ts = np.datetime64("2020-01-01T00:00:00") + 60 * np.arange(200).astype("timedelta64[s]")
+    labels = {"toy/a.csv": [[str(ts[100]).replace("T", " "), str(ts[119]).replace("T", " ")]]}
+    out = ns.score_arrays({"toy/a.csv": (ts, np.zeros(200))}, labels, STANDARD_PROFILES, per_file=True)
+    assert out["standard"]["threshold"] == pytest.approx(1.1)
+    assert out["standard"]["per_file"] == {"toy/a.csv": -1.0}
+    assert out["reward_low_FN_rate"]["per_file"] == {"toy/a.csv": -2.0}
+
+
+# ------------------------------------------------------------------------------------------
+# Smoke run on a synthetic NAB folder
+
+
+def _profiles() -> dict:
+    shared = data_root() / "nab" / "config" / "profiles.json"
+    if shared.exists():
+        return json.loads(shared.read_text())
+    return STANDARD_PROFILES
+
+
+def _stamp(t: np.datetime64) -> str:
+    return str(t).replace("T", " ") + ".000000"
+
+
+def _write_series(path: Path, values: np.ndarray) -> np.ndarray:
+    ts = np.datetime64("2021-03-01T00:00:00") + 300 * np.arange(len(values)).astype("timedelta64[s]")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "value"])
+        for t, v in zip(ts, values):
+            w.writerow([str(t).replace("T", " "), f"{v:.4f}"])
+    return ts
+
+
+@pytest.fixture
+def nab_folder(tmp_path) -> Path:
+    root = tmp_path / "nab"
+    rng = np.random.default_rng(0)
+    n = 1000
+    t = np.arange(n)
+    spike = 10 + np.sin(2 * np.pi * t / 48) + 0.1 * rng.normal(size=n)
+    spike[700:705] += 8.0
+    step = 5 + 0.2 * rng.normal(size=n)
+    step[600:] += 3.0
+    quiet = 2 + 0.1 * rng.normal(size=6000)  # long: NAB caps its probation at 750 points, not 900
+    windows = {}
+    ts = _write_series(root / "data" / "catA" / "sine_spike.csv", spike)
+    windows["catA/sine_spike.csv"] = [[_stamp(ts[680]), _stamp(ts[730])]]
+    ts = _write_series(root / "data" / "catB" / "level_step.csv", step)
+    windows["catB/level_step.csv"] = [[_stamp(ts[580]), _stamp(ts[630])]]
+    _write_series(root / "data" / "catB" / "quiet.csv", quiet)
+    windows["catB/quiet.csv"] = []
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows, indent=1))
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "profiles.json").write_text(json.dumps(_profiles(), indent=1))
+    return root
+
+
+def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
+    out, results, models = tmp_path / "out", tmp_path / "results", tmp_path / "models"
+    rc = nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(results),
+                   "--models", str(models), "--iterations", "20", "--max-seconds", "1",
+                   "--jobs", "1", "--threads", "1", "--name", "nabtest"])
+    assert rc == 0
+    report = json.loads((out / "nabtest.json").read_text())
+    assert report["files"] == 3
+    assert report["config"]["iterations"] == 20 and report["config"]["max_seconds"] == 1.0
+    assert set(report["scores"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    for profile, s in report["scores"].items():
+        assert math.isfinite(s["score"]) and s["score"] <= 100.0, profile
+        assert s["windows"] == 2, profile
+        assert 0.0 <= s["threshold"] <= 1.1, profile
+    names = [f["name"] for f in report["per_file"]]
+    assert names == ["catA/sine_spike.csv", "catB/level_step.csv", "catB/quiet.csv"]
+    assert [f["points"] for f in report["per_file"]] == [1000, 1000, 6000]
+    for f in report["per_file"]:
+        # NAB's probationary period, not more: the model never trains on a scored point.
+        assert f["probationary"] == ns.probationary_length(f["points"]) == (750 if f["points"] == 6000 else 150)
+        assert set(f) >= {"raw_standard", "raw_reward_low_FP_rate", "raw_reward_low_FN_rate"}
+
+    for name in names:
+        category, fname = name.split("/")
+        path = results / "streamdetector" / category / f"streamdetector_{fname}"
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        with open(nab_folder / "data" / name, newline="") as fh:
+            data = list(csv.DictReader(fh))
+        assert len(rows) == len(data) == (6000 if name == "catB/quiet.csv" else 1000)
+        assert [r["timestamp"] for r in rows] == [d["timestamp"] for d in data]
+        scores = np.array([float(r["anomaly_score"]) for r in rows])
+        assert np.all(np.isfinite(scores)) and np.all((scores >= 0.0) & (scores <= 1.0)), name
+        assert scores[0] == 0.0  # nothing seen before the first point
+        assert scores.max() > 0.0  # the ranks are not all zero
+        assert "raw_score" in rows[0]
+
+    # The runner's files are what our scorer reads back, and give the same figures.
+    again = ns.score_corpus(results / "streamdetector", nab_folder / "labels" / "combined_windows.json",
+                            nab_folder / "config" / "profiles.json", data_dir=nab_folder / "data")
+    for profile, s in again.items():
+        assert s["score"] == pytest.approx(report["scores"][profile]["score"])
+
+    # Post-processing again from the saved model scores (no training) gives the same NAB scores...
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results2"),
+                     "--rescore", str(results), "--name", "nabtest_rescored"]) == 0
+    rescored = json.loads((out / "nabtest_rescored.json").read_text())
+    assert rescored["config"]["rescored_from"] == str(results)
+    for profile, s in rescored["scores"].items():
+        assert s["score"] == pytest.approx(report["scores"][profile]["score"], abs=0.5), profile
+    # ... and combine=max_z gives scores in [0, 1], never below the model's own rank.
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results3"),
+                     "--rescore", str(results), "--combine", "max_z", "--name", "nabtest_z"]) == 0
+    assert json.loads((out / "nabtest_z.json").read_text())["config"]["combine"] == "max_z"
+    for name in names:
+        category, fname = name.split("/")
+        rel = Path(category) / f"streamdetector_{fname}"
+        with open(tmp_path / "results2" / "streamdetector" / rel, newline="") as fh:
+            base = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
+        with open(tmp_path / "results3" / "streamdetector" / rel, newline="") as fh:
+            comb = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
+        assert np.all((comb >= 0.0) & (comb <= 1.0)) and np.all(comb >= base - 1e-6), name
+
+    md = (out / "nabtest.md").read_text()
+    assert "| standard | **" in md and "catA/sine_spike.csv" in md and "ARTime 74.9" in md
+    assert len(report["plots"]) == 2
+    for png in report["plots"]:
+        assert (out / png).stat().st_size > 1000 and png.startswith(("nabtest_best_", "nabtest_worst_"))
