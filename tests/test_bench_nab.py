@@ -1,6 +1,9 @@
 """The NAB runner (``stream_detector.bench.nab``): its causal score transforms on hand-computed
 cases, and a smoke run end to end on a tiny synthetic folder in NAB's layout.
 
+Numenta's anomaly likelihood (the default post-processing) is checked on hand-computed cases,
+for causality, its learning period, its red filter and its limits (flat history, spike, dip).
+
 The smoke run trains three tiny models (20 iterations, 1 s budget each), so its NAB score means
 nothing; it checks the plumbing: NAB's probationary period, one score in ``[0, 1]`` per data
 row, results CSVs in NAB's layout, the JSON/Markdown report and the best/worst plots.
@@ -109,6 +112,117 @@ def test_causal_zscore_constant_history_and_causality():
 
 
 # ------------------------------------------------------------------------------------------
+# anomaly_likelihood / log_likelihood (Numenta's post-processing)
+
+
+def _q(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def test_anomaly_likelihood_hand_computed():
+    # Window 1, no learning period, 4 estimation samples: point 4 is the first one scored,
+    # against mean 2.5 and population std sqrt(1.25) of the raw scores 1, 2, 3, 4.
+    lik = nab.anomaly_likelihood(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), learning_period=0, estimation_samples=4,
+                                 averaging_window=1, std_floor=0.0)
+    np.testing.assert_allclose(lik, [0.5, 0.5, 0.5, 0.5, 1 - _q(2.5 / math.sqrt(1.25))], rtol=1e-12)
+    assert lik[4] == pytest.approx(0.98733, abs=1e-5)  # Q(2.236) = 0.01267
+    # Window 2, learning period 1: the moving averages m[1..3] = 1, 2, 3 (mean 2, std sqrt(2/3))
+    # give the estimate at point 4, which is kept for point 5 (re-estimation every 100 points);
+    # m[4] = 5, m[5] = 7.
+    raw = np.array([0.0, 2.0, 2.0, 4.0, 6.0, 8.0])
+    lik = nab.anomaly_likelihood(raw, learning_period=1, estimation_samples=3, averaging_window=2, std_floor=0.0)
+    sd = math.sqrt(2.0 / 3.0)
+    np.testing.assert_allclose(lik[:4], 0.5)
+    assert lik[4] == pytest.approx(1 - _q(3.0 / sd), rel=1e-12)
+    # Point 5's tail (4.6e-10) is red right after a non-red one: kept.
+    assert lik[5] == pytest.approx(1 - _q(5.0 / sd), rel=1e-12)
+    # Re-estimating at every point instead: point 5 is scored against m[1..4] = 1, 2, 3, 5.
+    lik = nab.anomaly_likelihood(raw, learning_period=1, estimation_samples=3, averaging_window=2,
+                                 reestimation_period=1, std_floor=0.0)
+    mean, sd = 11 / 4, math.sqrt(np.var([1.0, 2.0, 3.0, 5.0]))
+    assert lik[5] == pytest.approx(1 - _q((7.0 - mean) / sd), rel=1e-12)
+    # A history of 2 points: point 5 against m[3..4] = 3, 5 only.
+    lik = nab.anomaly_likelihood(raw, learning_period=1, estimation_samples=3, averaging_window=2,
+                                 reestimation_period=1, historic_window=2, std_floor=0.0)
+    assert lik[5] == pytest.approx(1 - _q((7.0 - 4.0) / 1.0), rel=1e-12)
+
+
+def test_anomaly_likelihood_red_filter_keeps_only_the_first_of_a_run():
+    raw = np.concatenate([np.ones(20), [100.0, 100.0, 100.0], np.ones(5)])
+    lik = nab.anomaly_likelihood(raw, learning_period=0, estimation_samples=10, averaging_window=1,
+                                 reestimation_period=1000)
+    assert lik[20] > 0.99999                      # the first red point
+    np.testing.assert_allclose(lik[21:23], 0.999)  # repeats demoted to nupic's yellow level
+    # The third is demoted because the second was red before filtering.  Two red points
+    # apart are both kept.
+    raw[21] = 1.0
+    lik = nab.anomaly_likelihood(raw, learning_period=0, estimation_samples=10, averaging_window=1,
+                                 reestimation_period=1000)
+    assert lik[20] > 0.99999 and lik[22] > 0.99999 and lik[21] == 0.5
+
+
+def test_anomaly_likelihood_is_causal_and_skips_the_learning_period():
+    rng = np.random.default_rng(3)
+    raw = np.abs(rng.normal(size=1500)) + 0.1
+    raw[1200:1210] += 5.0
+    base = nab.anomaly_likelihood(raw)
+    assert np.all((base >= 0.0) & (base <= 1.0))
+    for j in (300, 388, 399, 400, 401, 777, 1200, 1499):
+        y = raw.copy()
+        y[j] = 50.0
+        np.testing.assert_array_equal(nab.anomaly_likelihood(y)[:j], base[:j])
+    # Nothing before 288 + 100 points is scored, and raw scores whose moving averages all lie
+    # in the learning period (the first 288 - 9 points) are never used.
+    np.testing.assert_array_equal(base[:388], 0.5)
+    y = raw.copy()
+    y[:279] = rng.normal(size=279) * 100
+    np.testing.assert_allclose(nab.anomaly_likelihood(y), base, rtol=1e-9)  # (running sums' rounding)
+    y[279] = 1000.0
+    assert np.abs(nab.anomaly_likelihood(y) - base).max() > 0.1
+
+
+def test_anomaly_likelihood_spike_flat_and_dip():
+    flat = np.full(1000, 0.2)
+    lik = nab.anomaly_likelihood(flat)
+    np.testing.assert_allclose(lik, 0.5)
+    assert np.all(nab.log_likelihood(lik) < 0.05)  # a flat history scores near 0
+    noisy = 0.2 + 0.01 * np.random.default_rng(4).normal(size=1000)
+    spiky = noisy.copy()
+    spiky[900] = 2.0
+    score = nab.log_likelihood(nab.anomaly_likelihood(spiky))
+    assert score[900] > 0.9 and score[:900].max() < 0.5  # a spike after a flat history scores near 1
+    assert nab.log_likelihood(nab.anomaly_likelihood(noisy)).max() < 0.5
+    # One-sided: a raw score far *below* its history is not an anomaly.
+    dip = noisy.copy()
+    dip[900:] = 0.0
+    assert nab.anomaly_likelihood(dip)[900:].max() < 0.5
+    # A spike after an exactly constant history: only the relative std floor bounds z.
+    flat[900] = 0.25
+    assert nab.log_likelihood(nab.anomaly_likelihood(flat))[900] > 0.99
+
+
+def test_log_likelihood_is_nabs_numenta_scaling():
+    out = nab.log_likelihood(np.array([0.0, 0.5, 0.999, 0.99999, 1.0]))
+    np.testing.assert_allclose(out, [0.0, math.log(0.5) / math.log(1e-10), 0.3, 0.5, 1.0], atol=1e-6)
+    assert np.all((out >= 0.0) & (out <= 1.0)) and np.all(np.diff(out) > 0)
+
+
+def test_post_process_likelihood_waits_for_the_probation():
+    rng = np.random.default_rng(5)
+    raw = np.abs(rng.normal(size=3000))
+    cfg = dict(nab.DEFAULT_CONFIG, post="likelihood")
+    out = nab.post_process(raw, cfg, probationary=750)
+    np.testing.assert_allclose(out[:850], math.log(0.5) / math.log(1e-10), rtol=1e-6)
+    assert np.all((out >= 0.0) & (out <= 1.0)) and np.any(out[850:] != out[0])
+    # A short probation: nupic's own learning period (288) is the bound.
+    out = nab.post_process(raw, cfg, probationary=169)
+    assert out[387] == out[0] and np.any(out[388:400] != out[0])
+    # The rank post-processing is still there.
+    np.testing.assert_array_equal(nab.post_process(raw, dict(cfg, post="rank"), 750),
+                                  nab.causal_rank(nab.moving_average(raw, cfg["smoothing"])))
+
+
+# ------------------------------------------------------------------------------------------
 # The scorer's per-file breakdown (the runner asks for it) when the best threshold detects nothing
 
 
@@ -205,8 +319,10 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
         assert [r["timestamp"] for r in rows] == [d["timestamp"] for d in data]
         scores = np.array([float(r["anomaly_score"]) for r in rows])
         assert np.all(np.isfinite(scores)) and np.all((scores >= 0.0) & (scores <= 1.0)), name
-        assert scores[0] == 0.0  # nothing seen before the first point
-        assert scores.max() > 0.0  # the ranks are not all zero
+        # Default post-processing: Numenta's log likelihood, 0.5 (log-scaled: 0.030) until
+        # the learning period and the estimation samples have passed.
+        assert scores[0] == pytest.approx(math.log(0.5) / math.log(1e-10), abs=1e-6)
+        assert np.any(scores != scores[0])
         assert "raw_score" in rows[0]
 
     # The runner's files are what our scorer reads back, and give the same figures.
@@ -222,6 +338,13 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     assert rescored["config"]["rescored_from"] == str(results)
     for profile, s in rescored["scores"].items():
         assert s["score"] == pytest.approx(report["scores"][profile]["score"], abs=0.5), profile
+    # ... the rank post-processing starts at 0 (nothing seen before the first point) ...
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results4"),
+                     "--rescore", str(results), "--post", "rank", "--name", "nabtest_rank"]) == 0
+    assert json.loads((out / "nabtest_rank.json").read_text())["config"]["post"] == "rank"
+    with open(tmp_path / "results4" / "streamdetector" / "catA" / "streamdetector_sine_spike.csv", newline="") as fh:
+        ranks = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
+    assert ranks[0] == 0.0 and ranks.max() > 0.0
     # ... and combine=max_z gives scores in [0, 1], never below the model's own rank.
     assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results3"),
                      "--rescore", str(results), "--combine", "max_z", "--name", "nabtest_z"]) == 0

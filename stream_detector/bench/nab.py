@@ -11,12 +11,23 @@
   per profile by the scorer, as for every detector in NAB's leaderboard.
 
 The raw score of a point is the model's score of the window that ends at it.  NAB wants a
-score in ``[0, 1]``, so each raw score is turned into its causal rank among all earlier
-scores of the same file (the fraction of past scores below it), after a short moving
-average: a score unlike anything the stream has shown so far is close to 1, wherever the
-file's own scale lies.  ``--combine max_z`` takes the larger of that and the causal rank of the
-value's smoothed |z| against all earlier values; ``--rescore RESULTS`` reapplies this
-post-processing to a previous run's saved raw scores without training.
+score in ``[0, 1]``; two causal post-processings turn the raw score into one (``--post``):
+
+* ``likelihood`` (default): Numenta's anomaly likelihood (nupic's ``AnomalyLikelihood`` as used
+  by NAB's ``numenta`` detector), with its published defaults: a normal distribution is fitted
+  to the 10-point moving averages of the raw score over a trailing history of 8640 points
+  (re-estimated every 100 points, never from the first ``max(288, probation)`` points: the
+  learning period, which for this detector includes the probation the model was trained
+  on); the likelihood of a point is one minus the Gaussian tail probability of its own
+  10-point average, nupic's red/yellow filter keeps only the first of consecutive points
+  above 0.99999, and the reported score is NAB's log scaling
+  ``log(1.0000000001 - L) / log(1 - 0.9999999999)``;
+* ``rank``: the causal rank of a 5-point moving average of the raw score among all earlier
+  ones of the file (the fraction of past scores below it): any new running maximum is 1.0.
+
+``--combine max_z`` takes the larger of that and the same post-processing of the value's
+causal |z| against all earlier values; ``--rescore RESULTS`` reapplies the post-processing to
+a previous run's saved raw scores without training.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import argparse
 import bisect
 import csv
 import json
+import math
 import os
 import platform
 import tempfile
@@ -38,8 +50,13 @@ import numpy as np
 PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
 DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=1000, encoder_iterations=1000,
                       encoder_mode="izi_f", kappa=1.0, max_seconds=15.0, probationary=0.15, smoothing=5, seed=0,
-                      combine="none")
+                      combine="none", post="likelihood")
 COMBINE = ("none", "max_z")
+POST = ("likelihood", "rank")
+# nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
+# reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
+LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
+                  averaging_window=10, red=0.99999, yellow=0.999, std_floor=1e-3)
 
 
 def read_nab_csv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -90,13 +107,87 @@ def causal_zscore(x: np.ndarray) -> np.ndarray:
     return z
 
 
-def nab_likelihood(raw: np.ndarray, values: np.ndarray, cfg: dict) -> np.ndarray:
+def anomaly_likelihood(raw: np.ndarray, learning_period: int = 288, estimation_samples: int = 100,
+                       historic_window: int = 8640, reestimation_period: int = 100, averaging_window: int = 10,
+                       red: float = 0.99999, yellow: float = 0.999, std_floor: float = 1e-3) -> np.ndarray:
+    """Numenta's anomaly likelihood of each raw score, strictly causal.
+
+    Point ``t`` (``t`` points seen before it) gets 0.5 until ``t >= learning_period +
+    estimation_samples``.  From then on, at ``t`` = that first point and every multiple of
+    ``reestimation_period``, a normal distribution is fitted (mean, population variance) to
+    the ``averaging_window``-point moving averages ``m[j]`` for ``j`` in ``[max(t -
+    historic_window, learning_period), t - 1]`` (only raw scores before ``t``); between two
+    estimates the last one is kept.  The point's likelihood is ``1 - Q(z)``, ``z = (m[t] -
+    mean) / std`` (``Q`` the standard normal tail ``0.5 * erfc(z / sqrt 2)``: one-sided, a
+    score below the mean gives < 0.5), with ``std >= std_floor * |mean|`` (and >= 1e-12).
+    nupic's filter: a tail probability ``<= 1 - red`` right after another one ``<= 1 - red``
+    (unfiltered) is raised to ``1 - yellow``.  Non-finite moving averages are left out of
+    the estimate and give 0.5.
+
+    Deviations from nupic, all because our raw scores are unbounded rather than in [0, 1]:
+    nupic floors the mean at 0.03 and the variance at 0.0003 in the score's own units (here
+    a relative floor on the standard deviation), and mirrors scores below the mean (a score
+    unusually *low* is flagged too; here it is not).
+    """
+    x = np.asarray(raw, dtype=np.float64)
+    n = len(x)
+    m = moving_average(x, averaging_window)
+    ok = np.isfinite(m)
+    ok[:learning_period] = False  # never estimated from (and kept out of the running sums' rounding)
+    mz = np.where(ok, m, 0.0)
+    c0 = np.concatenate([[0], np.cumsum(ok)])
+    c1 = np.concatenate([[0.0], np.cumsum(mz)])
+    c2 = np.concatenate([[0.0], np.cumsum(mz * mz)])
+    tail = np.full(n, 0.5)
+    first = learning_period + estimation_samples
+    if n > first:
+        t = np.arange(first, n)
+        est = np.maximum(first, (t // reestimation_period) * reestimation_period)  # when the estimate was made
+        lo = np.maximum(est - historic_window, learning_period)
+        cnt = (c0[est] - c0[lo]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (c1[est] - c1[lo]) / cnt
+            var = np.maximum((c2[est] - c2[lo]) / cnt - mean * mean, 0.0)
+            std = np.maximum(np.sqrt(var), np.maximum(std_floor * np.abs(mean), 1e-12))
+            z = (m[first:] - mean) / std
+        erfc = np.frompyfunc(math.erfc, 1, 1)
+        q = np.asarray(erfc(np.nan_to_num(z, nan=0.0, posinf=1e300, neginf=-1e300) / math.sqrt(2.0)),
+                       dtype=np.float64) * 0.5
+        good = np.isfinite(z) & (cnt > 0)
+        tail[first:] = np.where(good, q, 0.5)
+    red_tail, yellow_tail = 1.0 - red, 1.0 - yellow
+    in_red = tail <= red_tail
+    repeat = in_red & np.concatenate([[False], in_red[:-1]])
+    filtered = np.where(repeat, yellow_tail, tail)
+    return 1.0 - filtered
+
+
+def log_likelihood(likelihood: np.ndarray) -> np.ndarray:
+    """NAB's ``numenta`` detector's reported score: ``log(1.0000000001 - L) / log(1 - 0.9999999999)``
+    (0.5 -> 0.030, 0.99999 -> 0.5), clipped to [0, 1]."""
+    lik = np.asarray(likelihood, dtype=np.float64)
+    return np.clip(np.log(1.0000000001 - lik) / math.log(1.0 - 0.9999999999), 0.0, 1.0)
+
+
+def post_process(x: np.ndarray, cfg: dict, probationary: int) -> np.ndarray:
+    """``x`` (one file's raw scores) to a NAB score in [0, 1] by ``cfg['post']``."""
+    post = cfg.get("post", "rank")
+    if post == "rank":
+        return causal_rank(moving_average(x, cfg["smoothing"]))
+    if post == "likelihood":
+        p = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
+        p["learning_period"] = max(p["learning_period"], probationary)
+        return log_likelihood(anomaly_likelihood(x, **p))
+    raise ValueError(f"unknown post-processing {post!r}")
+
+
+def nab_likelihood(raw: np.ndarray, values: np.ndarray, cfg: dict, probationary: int = 0) -> np.ndarray:
     """The detector's NAB score from the model's raw point scores (and, with ``combine=max_z``,
-    the values themselves): causal rank of the smoothed raw score, or the larger of that and
-    the causal rank of the smoothed causal |z| of the value."""
-    likelihood = causal_rank(moving_average(raw, cfg["smoothing"]))
+    the values themselves): the post-processing of the raw score, or the larger of that and
+    the same post-processing of the causal |z| of the value."""
+    likelihood = post_process(raw, cfg, probationary)
     if cfg.get("combine", "none") == "max_z":
-        likelihood = np.maximum(likelihood, causal_rank(moving_average(causal_zscore(values), cfg["smoothing"])))
+        likelihood = np.maximum(likelihood, post_process(causal_zscore(values), cfg, probationary))
     return likelihood
 
 
@@ -128,7 +219,7 @@ def run_file(task: dict) -> dict:
     scorer = Scorer(model_dir, threads=task["threads"])
     res = score_series(scorer, values.reshape(-1, 1), stride=1)
     raw = point_scores(n, res["starts"], w, res["scores"])
-    likelihood = nab_likelihood(raw, values, c)
+    likelihood = nab_likelihood(raw, values, c, prob)
     return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
             "raw": raw.tolist(), "points": n,
             "probationary": prob, "train_seconds": round(train_seconds, 1),
@@ -148,9 +239,10 @@ def rescore_file(root: Path, results: Path, name: str, cfg: dict) -> dict:
         raise ValueError(f"{name}: {len(raw)} raw scores for {len(values)} rows")
     raw[: cfg["window"] - 1] = np.nan  # no complete window yet (older runs wrote 0 there)
     started = time.monotonic()
-    likelihood = nab_likelihood(raw, values, cfg)
+    prob = probationary_length(len(values), cfg["probationary"])
+    likelihood = nab_likelihood(raw, values, cfg, prob)
     return {"name": name, "timestamps": timestamps, "scores": likelihood.tolist(), "raw": raw.tolist(),
-            "points": len(values), "probationary": probationary_length(len(values), cfg["probationary"]),
+            "points": len(values), "probationary": prob,
             "train_seconds": 0.0, "score_seconds": round(time.monotonic() - started, 2)}
 
 
@@ -172,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
     p.add_argument("--combine", choices=COMBINE, help="'max_z': the larger of the model's rank and the rank of "
                    "the value's causal |z| (default 'none': the model's rank only)")
+    p.add_argument("--post", choices=POST, help="raw score -> NAB score: 'likelihood' (default: Numenta's anomaly "
+                   "likelihood, log-scaled as NAB's numenta detector) or 'rank' (causal rank of a 5-point average)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>/<category>/*.csv with raw_score): "
                    "reuse its model scores, no training, and apply this run's post-processing")
     return p
@@ -227,7 +321,7 @@ def score_nab_results(detector_dir: Path, root: Path) -> dict:
                         data_dir=root / "data", per_file=True)
 
 
-def plot_file(root: Path, row: dict, threshold: float, title: str, png: Path) -> None:
+def plot_file(root: Path, row: dict, threshold: float, title: str, png: Path, label: str = "NAB score") -> None:
     """Raw values, the detector's NAB score (with the standard profile's threshold), the label
     windows shaded and the probationary period marked."""
     import matplotlib
@@ -243,7 +337,7 @@ def plot_file(root: Path, row: dict, threshold: float, title: str, png: Path) ->
     fig, (a, b) = plt.subplots(2, 1, figsize=(12, 5), sharex=True)
     a.plot(ts, values, lw=0.6, color="tab:blue")
     a.set_ylabel("value")
-    b.plot(ts, row["scores"], lw=0.6, color="tab:red", label="NAB score (causal rank)")
+    b.plot(ts, row["scores"], lw=0.6, color="tab:red", label=label)
     b.axhline(threshold, color="k", ls="--", lw=0.8, label=f"standard threshold {threshold:.4f}")
     b.set_ylabel("score")
     b.set_ylim(-0.02, 1.02)
@@ -258,7 +352,8 @@ def plot_file(root: Path, row: dict, threshold: float, title: str, png: Path) ->
     plt.close(fig)
 
 
-def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name: str) -> list[str]:
+def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name: str,
+                    label: str = "NAB score") -> list[str]:
     """Plot the labelled files with the highest and lowest per-file raw score (standard profile)."""
     from .nab_scorer import load_windows
 
@@ -275,7 +370,7 @@ def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name:
         stem = Path(r["name"]).stem
         png = out / f"{name}_{tag}_{stem}.png"
         plot_file(root, r, std["threshold"], f"NAB {tag}: {r['name']} (standard raw score "
-                  f"{std['per_file'][r['name']]:+.2f}; label windows shaded, probation grey)", png)
+                  f"{std['per_file'][r['name']]:+.2f}; label windows shaded, probation grey)", png, label)
         written.append(str(png))
     return written
 
@@ -298,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
     if a.combine:
         cfg["combine"] = a.combine
+    if a.post:
+        cfg["post"] = a.post
+    if cfg["post"] == "likelihood":
+        cfg["likelihood"] = dict(LIKELIHOOD)
     files = _files(root)[: a.limit] if a.limit else _files(root)
     models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-nab-"))
     started = time.monotonic()
@@ -331,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = [Path(p).name for p in plot_best_worst(root, rows, {p: dict(s, per_file={
-        f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name)]
+        f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name,
+        {"likelihood": "NAB score (log anomaly likelihood)", "rank": "NAB score (causal rank)"}[cfg["post"]])]
     (out / f"{a.name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     (out / f"{a.name}.md").write_text(markdown(result))
     print("; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()) + f"; written to {out / a.name}.json/.md")
