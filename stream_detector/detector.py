@@ -160,12 +160,26 @@ class Detector:
         cap = self.cfg.batch_max_windows if max_windows == -1 else max_windows
         prepared = Prepared()
         n_windows = 0
+        # Counted here and added to the metrics once per part: the two labelled-counter calls
+        # per message were a fifth of the detector's CPU for a single-point message
+        # (measured 14.3 -> 11.4 us a message, sequence model).
+        ok = points_ok = redelivered = 0
+
+        def flush_counts() -> None:
+            nonlocal ok, points_ok, redelivered
+            metrics.MESSAGES_OK.inc(ok)
+            metrics.POINTS_OK.inc(points_ok)
+            if redelivered:
+                metrics.MESSAGES_REDELIVERED.inc(redelivered)
+            ok = points_ok = redelivered = 0
+            metrics.SOURCES.set(len(self.router))
+
         for msg in messages:
             try:
                 source = self.decoder.source_of(msg.key)
                 sw = self.router.get(source)
                 if sw.last_offset is not None and msg.offset <= sw.last_offset:
-                    metrics.MESSAGES.labels("redelivered").inc()
+                    redelivered += 1
                     continue
                 last = sw.last_values() if self.decoder.allow_imputation else None
                 points = self.decoder.decode(source, msg.value, last_values=last)
@@ -173,8 +187,8 @@ class Detector:
             except InvalidMessage as exc:
                 self._dead(prepared, msg, exc)
                 continue
-            metrics.MESSAGES.labels("ok").inc()
-            metrics.POINTS.labels("ok").inc(len(points))
+            ok += 1
+            points_ok += len(points)
             prepared.touched[source] = msg.partition
             if len(batch):
                 prepared.sources += [source] * len(batch)
@@ -183,10 +197,10 @@ class Detector:
                 prepared.windows.append(batch.values)
                 n_windows += len(batch)
                 if cap is not None and n_windows >= cap:
-                    metrics.SOURCES.set(len(self.router))
+                    flush_counts()
                     yield prepared
                     prepared, n_windows = Prepared(), 0
-        metrics.SOURCES.set(len(self.router))
+        flush_counts()
         yield prepared
 
     # -- step 2 ----------------------------------------------------------------------------
@@ -211,6 +225,7 @@ class Detector:
         ends = np.concatenate(prepared.end_ts) if prepared.end_ts else np.zeros(0)
         thr, model = self.scorer.threshold, self.scorer
         now = time.time()
+        last_window: dict[str, int] = {}  # source -> index of its latest window in this part
         for i, source in enumerate(prepared.sources):
             score = float(scores[i])
             anomalous = score >= thr
@@ -228,7 +243,9 @@ class Detector:
                 out.alerts.append((key, encode_record(event, self.fmt)))
                 if event["event"] == "opened":
                     metrics.EPISODES_OPENED.inc()
-            self.source_gauges.update(source, score, thr, float(ends[i]))
+            last_window[source] = i
+        for source, i in last_window.items():  # gauges show the latest window: set them once
+            self.source_gauges.update(source, float(scores[i]), thr, float(ends[i]))
         metrics.WINDOWS.inc(len(prepared.sources))
         metrics.EPISODES_OPEN.set(sum(t.is_open for t in self.trackers.values()))
         return out

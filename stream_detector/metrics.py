@@ -34,6 +34,10 @@ LATENCY = Histogram("stream_detector_end_to_end_latency_seconds",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 SOURCES = Gauge("stream_detector_sources", "Sources with window state on this worker.")
 MODEL = Info("stream_detector_model", "The model being served and the ONNX Runtime provider running it.")
+# The children the worker touches for every message, looked up once.
+MESSAGES_OK = MESSAGES.labels("ok")
+MESSAGES_REDELIVERED = MESSAGES.labels("redelivered")
+POINTS_OK = POINTS.labels("ok")
 SOURCE_SCORE = Gauge("stream_detector_source_score", "Latest window score per source (first N sources only).",
                      ["source"])
 SOURCE_THRESHOLD = Gauge("stream_detector_source_threshold", "Alert threshold per source (first N sources only).",

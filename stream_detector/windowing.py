@@ -48,6 +48,9 @@ class Window(NamedTuple):
     values: np.ndarray
 
 
+_EMPTY: dict[tuple[int, int], "WindowBatch"] = {}
+
+
 class WindowBatch(NamedTuple):
     """All windows from one push, stacked: ``start_ts``/``end_ts`` ``[B]``, ``values`` ``[B, W, C]``."""
 
@@ -175,8 +178,16 @@ class SourceWindows:
         return WindowBatch(*(np.concatenate(x) for x in zip(*parts)))
 
     def _empty(self) -> WindowBatch:
-        e = np.empty(0, dtype=np.float64)
-        return WindowBatch(e, e.copy(), np.empty((0, self.window, self.n_channels), dtype=np.float32))
+        """No window (most single-point pushes): one shared, read-only instance per shape."""
+        key = (self.window, self.n_channels)
+        batch = _EMPTY.get(key)
+        if batch is None:
+            e = np.empty(0, dtype=np.float64)
+            e.flags.writeable = False
+            v = np.empty((0, self.window, self.n_channels), dtype=np.float32)
+            v.flags.writeable = False
+            batch = _EMPTY[key] = WindowBatch(e, e, v)
+        return batch
 
     def _reset(self) -> None:
         self._size = 0
