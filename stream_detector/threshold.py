@@ -156,3 +156,152 @@ def dynamic_threshold_flags(scores: np.ndarray, history: int = 2000, step: int =
         newest = idx >= end - step
         flags[idx[newest]] = window_flags[newest]
     return flags
+
+
+# ---------------------------------------------------------------------------------------
+# The telemanom procedure as the paper's reference implementation runs it (Hundman et al.
+# 2018; configuration batch_size 70, window_size 30, smoothing_perc 0.05, error_buffer 100,
+# p 0.13, l_s 250).  It differs from ``dynamic_threshold_flags`` above in the published
+# details: the smoothing span is 5 % of the error window (105 points, not 30); windows are
+# 30 batches of 70 points and each window flags only its newest batch (the first window flags
+# all of it after ``2 * l_s`` points); every exceedance brings the ``error_buffer`` points on
+# either side into its sequence, both when epsilon is chosen (sequences are counted after
+# buffering; at most 5 sequences and under half the window flagged; ties go to the larger z)
+# and in the output; single-point sequences are dropped; pruning compares sequence peaks with
+# the largest error of the window not flagged so far and keeps a peak when its relative
+# decrease to the next is at least p; and the inverted errors (mean + (mean - e)) are
+# thresholded the same way, since a drop of the error is also anomalous.
+# Not reproduced: the gates that skip windows whose errors are small against the telemetry's
+# own scale (0.05 of its 5-95 % range, in the units of the predicted value): our scores are
+# not in the units of the value.
+def ewma_adjusted(values: np.ndarray, span: float) -> np.ndarray:
+    """pandas' ``ewm(span).mean()`` (``adjust=True``): the weighted mean of all past values with
+    weights (1 - alpha)^k, alpha = 2 / (span + 1); causal; NaN values are skipped (stay NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    w = 1.0 - 2.0 / (span + 1.0)
+    out = np.full_like(values, np.nan)
+    num = den = 0.0
+    for i, v in enumerate(values):
+        if np.isnan(v):
+            continue
+        num = v + w * num
+        den = 1.0 + w * den
+        out[i] = num / den
+    return out
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Every point within ``radius`` of a True point becomes True."""
+    if radius <= 0 or not mask.any():
+        return mask.copy()
+    return np.convolve(mask.astype(np.int32), np.ones(2 * radius + 1, dtype=np.int32), mode="same") > 0
+
+
+def _sequences(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True longer than one point (telemanom drops single-point sequences)."""
+    return [(a, b) for a, b in _runs(mask) if b > a]
+
+
+def telemanom_epsilon_z(e: np.ndarray, error_buffer: int = 100, sd_lim: float = 12.0, max_sequences: int = 5,
+                        max_fraction: float = 0.5) -> float:
+    """The z of epsilon = mean + z * std that maximises
+    (Δmean/mean + Δstd/std) / (|E_seq|^2 + |e_a|) over z = 2.5, 3.0, ... < sd_lim, where the
+    flagged set e_a is every point above epsilon with ``error_buffer - 1`` neighbours on either
+    side and E_seq its sequences; candidates with more than ``max_sequences`` sequences or with
+    ``max_fraction`` or more of the window flagged are refused; ties go to the larger z, and
+    ``sd_lim`` is returned when nothing qualifies."""
+    e = np.asarray(e, dtype=np.float64)
+    mean, sd = float(e.mean()), float(e.std())
+    best_s, best_z = 0.0, float(sd_lim)
+    if sd <= 0 or mean == 0:
+        return best_z
+    for z in np.arange(2.5, sd_lim, 0.5):
+        eps = mean + z * sd
+        anom = _dilate(e > eps, error_buffer - 1)
+        if not anom.any():
+            continue
+        below = e[e < eps]
+        gain = (mean - below.mean()) / mean + (sd - below.std()) / sd
+        n_seq = len(_sequences(anom))
+        s = gain / (n_seq ** 2 + int(anom.sum()))
+        if s >= best_s and n_seq <= max_sequences and anom.sum() < max_fraction * len(e):
+            best_s, best_z = s, float(z)
+    return best_z
+
+
+def telemanom_prune(peaks: np.ndarray, normal_max: float, p: float = 0.13) -> np.ndarray:
+    """Which sequences survive pruning (a boolean per entry of ``peaks``): sort the peaks in
+    decreasing order, append the largest non-anomalous error (when positive), and drop, from
+    the bottom, every sequence after the last one whose relative decrease to the next value is
+    at least ``p``.  Peaks must be positive."""
+    peaks = np.asarray(peaks, dtype=np.float64)
+    keep = np.zeros(len(peaks), dtype=bool)
+    if len(peaks) == 0:
+        return keep
+    order = np.argsort(-peaks, kind="stable")
+    # closing value: the largest normal error; without a positive one, 0 (the smallest peak stays)
+    chain = np.append(peaks[order], max(float(normal_max), 0.0))
+    last = -1
+    for i in range(len(peaks)):
+        if (chain[i] - chain[i + 1]) / chain[i] >= p:
+            last = i
+    keep[order[:last + 1]] = True
+    return keep
+
+
+def _telemanom_side(e: np.ndarray, eps: float, allowed: np.ndarray, flagged_before: np.ndarray, error_buffer: int,
+                    p: float) -> np.ndarray:
+    """Flags of one window on one side (errors or inverted errors): buffered exceedances inside
+    ``allowed``, grouped into sequences, pruned against the largest error not flagged."""
+    cand = _dilate(e > eps, error_buffer - 1) & allowed
+    out = np.zeros(len(e), dtype=bool)
+    seqs = _sequences(cand)
+    if not seqs:
+        return out
+    normal = ~cand & ~flagged_before
+    normal_max = float(e[normal].max()) if normal.any() else 0.0
+    peaks = np.array([e[a:b + 1].max() for a, b in seqs])
+    for (a, b), k in zip(seqs, telemanom_prune(peaks, normal_max, p)):
+        if k:
+            out[a:b + 1] = True
+    return out
+
+
+def telemanom_flags(scores: np.ndarray, batch_size: int = 70, window_size: int = 30, smoothing_perc: float = 0.05,
+                    error_buffer: int = 100, p: float = 0.13, l_s: int = 250, sd_lim: float = 12.0,
+                    inverse: bool = True) -> np.ndarray:
+    """Boolean flags per point by telemanom's procedure on the raw ``scores`` (NaN: never flagged;
+    the procedure runs on the finite points in order)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flags = np.zeros(len(scores), dtype=bool)
+    idx = np.flatnonzero(np.isfinite(scores))
+    n = len(idx)
+    if n < max(batch_size, 2):
+        return flags
+    e_all = ewma_adjusted(scores[idx], batch_size * window_size * smoothing_perc)
+    if n > l_s:  # the first l_s smoothed values: the mean of the first 2 l_s, as telemanom does
+        e_all[:l_s] = e_all[:2 * l_s].mean()
+    while window_size > 1 and n < batch_size * window_size:
+        window_size -= 1
+    num_windows = max(0, (n - batch_size * window_size) // batch_size)
+    ignore = 2 * l_s if n >= 2500 else (l_s if n >= 1800 else 0)
+    out = np.zeros(n, dtype=bool)
+    done = 0  # points before this were the newest batch of an earlier window
+    for i in range(num_windows + 1):
+        lo = i * batch_size
+        hi = n if i == num_windows else batch_size * window_size + i * batch_size
+        e = e_all[lo:hi]
+        pos = np.arange(lo, hi)
+        allowed = pos >= (ignore if i == 0 else done)
+        before = out[lo:hi].copy()
+        mean, sd = float(e.mean()), float(e.std())
+        new = _telemanom_side(e, mean + telemanom_epsilon_z(e, error_buffer, sd_lim) * sd, allowed, before,
+                              error_buffer, p)
+        if inverse:
+            e_inv = 2 * mean - e
+            new |= _telemanom_side(e_inv, mean + telemanom_epsilon_z(e_inv, error_buffer, sd_lim) * sd, allowed,
+                                   before, error_buffer, p)
+        out[lo:hi] |= new
+        done = hi
+    flags[idx] = out
+    return flags

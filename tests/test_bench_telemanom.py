@@ -35,7 +35,8 @@ def test_telemanom_bench_writes_tables(tmp_path):
 
     _spacecraft(tmp_path / "toy")
     rc = main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--window", "16", "--iterations", "20",
-               "--max-seconds", "10", "--out", str(tmp_path / "out"), "--name", "toy"])
+               "--max-seconds", "10", "--out", str(tmp_path / "out"), "--name", "toy", "--models",
+               str(tmp_path / "models")])
     assert rc == 0
     result = json.loads((tmp_path / "out" / "toy.json").read_text())
     assert [r["channel"] for r in result["channels"]] == ["X-1", "X-2"]
@@ -50,6 +51,18 @@ def test_telemanom_bench_writes_tables(tmp_path):
     md = (tmp_path / "out" / "toy.md").read_text()
     assert "event F1" in md and "X-2" in md
     assert len(result["plots"]) == 2
+    assert set(METHODS) == {"quantile", "pot", "dynamic", "telemanom"}
+
+    # --rescore: the same thresholds on the saved raw scores, nothing trained, the same counts
+    rc = main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "models"),
+               "--out", str(tmp_path / "out"), "--name", "toy_rescored"])
+    assert rc == 0
+    again = json.loads((tmp_path / "out" / "toy_rescored.json").read_text())
+    assert again["rescored_from"] == str(tmp_path / "models")
+    assert again["config"]["window"] == 16  # the run's own configuration, read back from config.json
+    for r0, r1 in zip(result["channels"], again["channels"]):
+        assert r0["methods"] == r1["methods"] and r0["train_seconds"] == r1["train_seconds"]
+    assert "--rescore" in (tmp_path / "out" / "toy_rescored.md").read_text()
 
 
 def test_telemanom_bench_rejects_a_wrong_folder(tmp_path):
@@ -58,3 +71,13 @@ def test_telemanom_bench_rejects_a_wrong_folder(tmp_path):
 
     with pytest.raises(UserError, match="telemanom layout"):
         main(["--data", str(tmp_path)])
+
+
+def test_telemanom_rescore_needs_saved_scores(tmp_path):
+    from stream_detector.bench.telemanom import main
+    from stream_detector.errors import UserError
+
+    _spacecraft(tmp_path / "toy")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="scores.npz"):
+        main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "empty")])

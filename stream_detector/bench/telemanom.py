@@ -12,7 +12,16 @@ scores into detections with three label-free thresholds:
 
 both forming episodes as the worker does (open at the threshold, close below the card's
 release level, the 95 % quantile), and
-* ``dynamic``: telemanom's dynamic error threshold with pruning, on the test stream's own past.
+* ``dynamic``: a causal simplification of telemanom's dynamic error threshold with pruning, on
+  the test stream's own past (window 2000, step 100, smoothing span 30);
+* ``telemanom``: the procedure as telemanom's reference implementation runs it (windows of 30
+  batches of 70 points, smoothing span 105, error buffer 100, at most 5 sequences per epsilon,
+  pruning with p = 0.13 against the largest unflagged error, inverted errors too), see
+  ``stream_detector.threshold.telemanom_flags``.
+
+Per channel the raw scores are kept (``<models>/<chan>/scores.npz``: test scores, held-out
+calibration scores, the card's threshold and release level, timings), and ``--rescore DIR``
+re-applies the thresholds to them without training anything.
 
 Reported per channel and in total: event-level F1 (overlapping segments, Orion's counting:
 tp/fp/fn summed over channels), precision, recall, point-adjusted F1, AUPRC, ROC-AUC, and
@@ -35,10 +44,12 @@ import numpy as np
 
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
                      "TadGAN (Geiger et al. 2020)": 0.573}
-METHODS = ("quantile", "pot", "dynamic")
+METHODS = ("quantile", "pot", "dynamic", "telemanom")
 DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, latent_dim=None, iterations=1500,
                       encoder_iterations=1500, encoder_mode="izi_f", kappa=1.0, max_seconds=25.0, channels="0",
-                      pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, merge_gap=0, seed=0)
+                      pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
+                      telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
+                      telemanom_inverse=True, merge_gap=0, seed=0)
 
 
 def channel_ids(data_dir: Path, spacecraft: str | None) -> list[str]:
@@ -71,11 +82,8 @@ def run_channel(task: dict) -> dict:
     """Train, score and evaluate one channel (runs in a worker process)."""
     import torch
 
-    from ..data import load_ranges
-    from ..evaluation.metrics import auprc, mask_from_ranges, roc_auc
     from ..fit import fit_series_model
     from ..scoring import Scorer, point_scores, score_series
-    from ..threshold import dynamic_threshold_flags, hysteresis_flags, pot_threshold
     from ..training import TrainConfig
 
     torch.set_num_threads(task["threads"])
@@ -84,8 +92,6 @@ def run_channel(task: dict) -> dict:
     test_all = np.load(d / "test" / f"{chan}.npy").astype(np.float32)
     cols = _columns(c["channels"], train_all.shape[1])
     train, test = train_all[:, cols], test_all[:, cols]
-    ranges = load_ranges(str(d / "labeled_anomalies.csv"), len(test), chan)
-    labels = mask_from_ranges(ranges, len(test))
     window = c["window"]
     calib_points = max(int(0.2 * len(train)), window + 50)
     fraction = 1.0 - calib_points / len(train)
@@ -104,20 +110,60 @@ def run_channel(task: dict) -> dict:
     scores = point_scores(len(test), res["starts"], window, res["scores"])
     score_seconds = time.monotonic() - started
     calib = score_series(scorer, train[len(train) - calib_points:], stride=1)["scores"]
-    thresholds = {"quantile": card["threshold"]["value"], "pot": pot_threshold(calib, risk=c["pot_risk"])["value"]}
-    finite = np.isfinite(scores)
-    release = card["threshold"]["release"]  # episodes close below it, as in the worker
-    flags = {m: hysteresis_flags(scores, t, release) for m, t in thresholds.items()}
-    flags["dynamic"] = dynamic_threshold_flags(scores, history=c["dynamic_history"], step=c["dynamic_step"])
-    y, s = labels[finite], scores[finite]
-    both = y.any() and not y.all()
-    out = {"channel": chan, "points": int(len(test)), "train_points": int(len(train)), "label_ranges": ranges,
-           "auprc": auprc(y, s) if both else None, "roc_auc": roc_auc(y, s) if both else None,
-           "train_seconds": round(train_seconds, 1), "score_seconds": round(score_seconds, 2),
-           "stopped_early_by_budget": card["training"]["stopped_early_by_budget"], "thresholds": thresholds, "methods": {m: _event_report(labels, flags[m], c["merge_gap"]) for m in METHODS}}
+    saved = {"test_scores": scores, "calibration_scores": np.asarray(calib, dtype=np.float64),
+             "quantile_threshold": card["threshold"]["value"], "release": card["threshold"]["release"],
+             "train_points": len(train), "train_seconds": train_seconds, "score_seconds": score_seconds,
+             "stopped_early_by_budget": bool(card["training"]["stopped_early_by_budget"])}
     if task.get("keep_scores"):
         np.save(model_dir / "test_scores.npy", scores)
-    return out
+        np.savez(model_dir / "scores.npz", **saved)
+    return evaluate_channel(chan, d, c, saved)
+
+
+def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
+    """Thresholds and event counts for one channel from its saved raw scores (no training):
+    shared by a full run and by ``--rescore``."""
+    from ..data import load_ranges
+    from ..evaluation.metrics import auprc, mask_from_ranges, roc_auc
+    from ..threshold import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
+
+    scores = np.asarray(saved["test_scores"], dtype=np.float64)
+    calib = np.asarray(saved["calibration_scores"], dtype=np.float64)
+    ranges = load_ranges(str(Path(data) / "labeled_anomalies.csv"), len(scores), chan)
+    labels = mask_from_ranges(ranges, len(scores))
+    thresholds = {"quantile": float(saved["quantile_threshold"]),
+                  "pot": pot_threshold(calib, risk=c["pot_risk"])["value"]}
+    finite = np.isfinite(scores)
+    release = float(saved["release"])  # episodes close below it, as in the worker
+    flags = {m: hysteresis_flags(scores, t, release) for m, t in thresholds.items()}
+    flags["dynamic"] = dynamic_threshold_flags(scores, **_dynamic_kwargs(c))
+    flags["telemanom"] = telemanom_flags(scores, **_telemanom_kwargs(c))
+    y, s = labels[finite], scores[finite]
+    both = y.any() and not y.all()
+    return {"channel": chan, "points": int(len(scores)), "train_points": int(saved["train_points"]),
+            "label_ranges": ranges, "auprc": auprc(y, s) if both else None, "roc_auc": roc_auc(y, s) if both else None,
+            "train_seconds": round(float(saved["train_seconds"]), 1),
+            "score_seconds": round(float(saved["score_seconds"]), 2),
+            "stopped_early_by_budget": bool(saved["stopped_early_by_budget"]), "thresholds": thresholds,
+            "methods": {m: _event_report(labels, flags[m], c["merge_gap"]) for m in METHODS}}
+
+
+def _dynamic_kwargs(c: dict) -> dict:
+    return {"history": c["dynamic_history"], "step": c["dynamic_step"]}
+
+
+def _telemanom_kwargs(c: dict) -> dict:
+    d = {**DEFAULT_CONFIG, **c}  # configurations saved before these keys existed get the defaults
+    return {"batch_size": d["telemanom_batch"], "window_size": d["telemanom_windows"],
+            "smoothing_perc": d["telemanom_smoothing"], "error_buffer": d["telemanom_buffer"], "p": d["telemanom_p"],
+            "inverse": d["telemanom_inverse"]}
+
+
+def rescore_channel(task: dict) -> dict:
+    """Thresholds and evaluation of one channel from the raw scores a previous run saved."""
+    with np.load(Path(task["models"]) / task["channel"] / "scores.npz") as z:
+        saved = {k: z[k] for k in z.files}
+    return evaluate_channel(task["channel"], Path(task["data"]), task["config"], saved)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -142,7 +188,9 @@ def markdown(result: dict) -> str:
     lines = [f"# {result['dataset']}: per-channel detection ({s['channels']} channels)", "",
              f"Machine: {result['machine']}; {result['jobs']} parallel job(s) x {result['threads']} thread(s); "
              f"training {s['train_seconds']:.0f} s and scoring {s['score_seconds']:.0f} s in total "
-             f"(wall clock {result['wall_seconds']:.0f} s).", "",
+             + (f"(thresholds re-applied with `--rescore` to the raw scores saved in `{result['rescored_from']}`, "
+                f"{result['wall_seconds']:.0f} s; nothing retrained)." if result.get("rescored_from")
+                else f"(wall clock {result['wall_seconds']:.0f} s)."), "",
              "One configuration for every channel, fixed before any test label was read: "
              + ", ".join(f"`{k}={v}`" for k, v in cfg.items()) + ".", "",
              "## Totals (event-level: tp/fp/fn summed over channels, overlapping segments)", "",
@@ -208,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/benchmarks", help="folder for <name>.json/.md and plots")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
+    p.add_argument("--rescore", metavar="DIR",
+                   help="re-apply the thresholds to the raw scores saved by an earlier run in DIR (its --models "
+                        "folder: <chan>/scores.npz and config.json); nothing is trained")
     return p
 
 
@@ -227,15 +278,28 @@ def main(argv: list[str] | None = None) -> int:
         cfg["encoder_iterations"] = a.iterations
     chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
     chans = chans[: a.limit] if a.limit else chans
-    models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-telemanom-"))
+    if a.rescore:
+        models = Path(a.rescore)
+        if not models.is_dir():
+            raise UserError(f"--rescore {models}: no such folder")
+        if (models / "config.json").exists():  # the run's own configuration; threshold keys may be newer
+            cfg = {**cfg, **json.loads((models / "config.json").read_text())}
+        chans = [ch for ch in chans if (models / ch / "scores.npz").exists()]
+        if not chans:
+            raise UserError(f"--rescore {models}: no <channel>/scores.npz there")
+    else:
+        models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-telemanom-"))
+        models.mkdir(parents=True, exist_ok=True)
+        (models / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     tasks = [{"channel": c, "data": str(data), "models": str(models), "config": cfg, "threads": a.threads,
               "keep_scores": True} for c in chans]
+    work = rescore_channel if a.rescore else run_channel
     started = time.monotonic()
     rows, failed = [], []
     import multiprocessing as mp
 
     with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-        for task, fut in [(t, pool.submit(run_channel, t)) for t in tasks]:
+        for task, fut in [(t, pool.submit(work, t)) for t in tasks]:
             try:
                 r = fut.result()
                 rows.append(r)
@@ -256,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
               "load_average": [round(v, 2) for v in os.getloadavg()],
               "wall_seconds": round(time.monotonic() - started, 1), "summary": summarise(rows), "channels": rows,
               "failed": failed}
+    if a.rescore:
+        result["rescored_from"] = str(models)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = _plots(result, data, models, out)
