@@ -123,7 +123,11 @@ def test_throughput_bench_smoke(tmp_path):
         assert run["windows"] == run["expected_windows"]
         assert "loadavg" in run["background_before"]
     assert set(res["passthrough"]) == set(res["aiokafka"])
-    assert "| sequence |" in (out / "throughput.md").read_text()
+    sweep = res["stride_sweep"]
+    assert [r["stride"] for r in sweep] == [16]
+    assert sweep[0]["runs"][0]["windows"] == sweep[0]["runs"][0]["expected_windows"]  # stride 16's own count
+    md = (out / "throughput.md").read_text()
+    assert "| sequence |" in md and "| sequence | 16 |" in md
 
 
 def test_scaling_report_from_results(tmp_path):

@@ -575,8 +575,33 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                               f"p99 {lat['p99']:.3f} s ({lat['windows']} windows)", flush=True)
                 mres["kinds"][kind] = entry
             results["models"][mname] = mres
+        if args.stride_sweep:
+            results["stride_sweep"] = stride_sweep(broker, models, cards, topics, results, args, workdir)
     results["background_end"] = _background()
     return results
+
+
+def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict, args: argparse.Namespace,
+                 workdir: Path) -> list[dict[str, Any]]:
+    """The first model with batch messages at larger strides: the stride trades latency (a
+    window is scored every ``stride`` points) for compute (windows/s = points/s / stride)."""
+    mname = next(iter(models))
+    card = cards[mname]
+    topic, _, n_points = topics[tuple(card["channels"]), "batch"]
+    pt = results["passthrough"][f"batch/{len(card['channels'])}ch"]["faust_worker_consumer"]["points_per_s"]
+    rows = []
+    for stride in args.stride_sweep:
+        n_windows = expected_windows(n_points // args.sources, args.sources, card["window"], stride)
+        runs = [run_detector(broker, models[mname], topic, f"stride-{mname}-{stride}-{r}", n_points, n_windows, workdir,
+                             stride=stride, batch_max_messages=args.batch_max_messages,
+                             batch_max_latency_ms=args.batch_max_latency_ms)
+                for r in range(args.runs)]
+        pps = _median(runs, "points_per_s")
+        rows.append({"model": mname, "stride": stride, "points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
+                     "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
+                     "ratio_to_passthrough": pps / pt, "runs": runs})
+        print(f"{mname} batch, stride {stride}: {pps:,.0f} points/s ({pps / pt:.0%} of pass-through)", flush=True)
+    return rows
 
 
 def throughput_markdown(res: dict[str, Any]) -> str:
@@ -609,6 +634,13 @@ def throughput_markdown(res: dict[str, Any]) -> str:
                          f"{e['points_per_s']:,.0f} | {e['windows_per_s']:,.0f} | {e['worker_cpu_us_per_point']:.1f} | "
                          f"{e['ratio_to_passthrough']:.0%} | "
                          f"{e['ratio_to_stock_faust_passthrough']:.0%} | {e['ratio_to_aiokafka']:.1%} | {lat_s} |")
+    if res.get("stride_sweep"):
+        lines += ["", "## Stride: latency traded for compute (batch messages)", "",
+                  "| model | stride | points/s | windows/s | worker CPU us/point | vs pass-through |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in res["stride_sweep"]:
+            lines.append(f"| {r['model']} | {r['stride']} | {r['points_per_s']:,.0f} | {r['windows_per_s']:,.0f} | "
+                         f"{r['worker_cpu_us_per_point']:.1f} | {r['ratio_to_passthrough']:.0%} |")
     lines += ["", "## References on the same topics", "",
               "| messages | consumer | messages/s | points/s |", "|---|---|---:|---:|"]
     for kind in res["aiokafka"]:
@@ -731,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--live-batch", type=int, default=10, help="points per message in the batch-message latency run")
+    p.add_argument("--stride-sweep", default="16,32,64",
+                   help="strides at which the first model is run again with batch messages ('' to skip)")
     p.add_argument("--scaling", action="store_true", help="run the scaling sweep instead (scaling.json/.md/.png)")
     p.add_argument("--scaling-sources", default=",".join(map(str, SCALING_SOURCES)))
     p.add_argument("--scaling-window-sources", type=int, default=100)
@@ -750,7 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
     args.scaling_sources = [int(x) for x in args.scaling_sources.split(",") if x]
+    args.stride_sweep = [int(x) for x in args.stride_sweep.split(",") if x]
     if args.quick:
+        args.stride_sweep = args.stride_sweep[:1]
         if args.models == list(DEFAULT_MODELS):
             args.models = ["sequence"]  # the bundled model: nothing to train
         args.sources, args.single_points, args.batch_points_total, args.batch_points = 4, 400, 800, 50
