@@ -145,6 +145,10 @@ async def _run(demo: Demo, data, bootstrap: str, cfg, live: bool, budget: float)
     from .data import Series
     from .replay import ReplaySource, replay
 
+    # Point i is stamped t0 + i / rate and the replay sends it at (its start) + i / rate, so
+    # t0 is taken just before the replay starts: the latency then includes the producer's
+    # start-up (tens of ms) but is never negative, as a t0 ahead of the sends made it.
+    demo.t0 = time.time()
     sources = [ReplaySource(s, Series(v, ["value"], timestamps=demo.t0 + np.arange(len(v)) / demo.rate), ["value"])
                for s, (v, _) in data.items()]
     stop = asyncio.Event()
@@ -205,7 +209,7 @@ def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: in
         with worker:
             print(f"worker ready; metrics at {worker.metrics_url}; replaying {len(data)} SMAP channels "
                   f"({', '.join(data)}) at {rate:.0f} points/s each", flush=True)
-            demo = Demo(data, rate, time.time() + 0.5, card["window"], card["stride"], card["threshold"]["value"])
+            demo = Demo(data, rate, time.time(), card["window"], card["stride"], card["threshold"]["value"])
             asyncio.run(_run(demo, data, broker.bootstrap, cfg, live, budget=seconds + 45))
             text, _ = demo.summary()
             print(text)

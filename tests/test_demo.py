@@ -25,3 +25,5 @@ def test_demo_runs_and_summarises():
         assert re.search(rf"  {source}: labelled \[\(\d+, \d+\)", out), source
     assert re.search(r"total: event-level precision [0-9.]+, recall [0-9.]+, F1 [0-9.]+", out)
     assert 'stream_detector_messages_total{status="ok"}' in out
+    lat = re.search(r"latency p50 (-?\d+) ms, p95 (-?\d+) ms, p99 (-?\d+) ms", out)
+    assert lat and 0 <= int(lat.group(1)) <= int(lat.group(2)) <= int(lat.group(3)), out  # a point is scored after it is sent
