@@ -144,3 +144,22 @@ def test_scaling_report_from_results(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 1000
     md = throughput.scaling_markdown(res, "scaling.png")
     assert "| 1,000 | 64 |" in md and "2,232 bytes" in md
+
+
+def test_ingest_parts_split_a_step_in_order_and_state_waits_for_the_end(sequence_model):
+    """The pipelined agent's parts: each holds at least ``batch_max_windows`` windows (the last
+    the remainder), together exactly the windows of one uncapped ingest, in message order;
+    the state is taken once, after the last part."""
+    msgs = _batch_messages(5, 40, Scorer(sequence_model, threads=1).channels)  # 7 windows a source
+    whole = Detector(Scorer(sequence_model, threads=1),
+                     WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0)).ingest(msgs)
+    det = Detector(Scorer(sequence_model, threads=1),
+                   WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0))
+    parts = list(det.ingest_parts(msgs))
+    assert [len(p.sources) for p in parts] == [21, 14]  # 16 reached after the 3rd source's 7 windows
+    assert sum((p.sources for p in parts), []) == whole.sources
+    np.testing.assert_array_equal(np.concatenate([p.stacked() for p in parts]), whole.stacked())
+    for p in parts:
+        det.finish(p, *det.score(p))
+    states = det.states({s: 0 for p in parts for s in p.touched})
+    assert sorted(states) == [f"src-{s}" for s in range(5)]
