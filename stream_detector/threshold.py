@@ -108,17 +108,9 @@ def _prune(e: np.ndarray, flagged: np.ndarray, eps: float, min_decrease: float) 
         return flagged
     peaks = np.array([e[a:b + 1].max() for a, b in runs])
     normal_max = e[~flagged].max() if (~flagged).any() else eps
-    order = np.argsort(-peaks)
-    chain = np.concatenate([peaks[order], [normal_max]])
-    keep_until = -1
-    for i in range(len(order)):
-        if (chain[i] - chain[i + 1]) / max(chain[i], 1e-12) > min_decrease:
-            keep_until = i
     out = np.zeros_like(flagged)
-    for rank, idx in enumerate(order):
-        if rank <= keep_until:
-            a, b = runs[idx]
-            out[a:b + 1] = True
+    for (a, b), keep in zip(runs, telemanom_prune(peaks, normal_max, min_decrease, inclusive=False)):
+        out[a:b + 1] = keep
     return out
 
 
@@ -229,11 +221,12 @@ def telemanom_epsilon_z(e: np.ndarray, error_buffer: int = 100, sd_lim: float = 
     return best_z
 
 
-def telemanom_prune(peaks: np.ndarray, normal_max: float, p: float = 0.13) -> np.ndarray:
+def telemanom_prune(peaks: np.ndarray, normal_max: float, p: float = 0.13, inclusive: bool = True) -> np.ndarray:
     """Which sequences survive pruning (a boolean per entry of ``peaks``): sort the peaks in
     decreasing order, append the largest non-anomalous error (when positive), and drop, from
     the bottom, every sequence after the last one whose relative decrease to the next value is
-    at least ``p``.  Peaks must be positive."""
+    at least ``p`` (``inclusive``, as telemanom) or above it (the simplified ``_prune``).
+    Peaks must be positive."""
     peaks = np.asarray(peaks, dtype=np.float64)
     keep = np.zeros(len(peaks), dtype=bool)
     if len(peaks) == 0:
@@ -243,7 +236,8 @@ def telemanom_prune(peaks: np.ndarray, normal_max: float, p: float = 0.13) -> np
     chain = np.append(peaks[order], max(float(normal_max), 0.0))
     last = -1
     for i in range(len(peaks)):
-        if (chain[i] - chain[i + 1]) / chain[i] >= p:
+        decrease = (chain[i] - chain[i + 1]) / max(chain[i], 1e-12)
+        if decrease >= p if inclusive else decrease > p:
             last = i
     keep[order[:last + 1]] = True
     return keep
