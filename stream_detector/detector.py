@@ -19,6 +19,7 @@ for going back in time or scored twice.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -143,12 +144,12 @@ class Detector:
 
     def ingest(self, messages: Sequence[InMessage]) -> Prepared:
         """All windows of ``messages`` in one :class:`Prepared` (one part, no window cap)."""
-        (prepared,) = self.ingest_parts(messages, max_windows=None)
+        (prepared,) = self.ingest_parts(messages, max_windows=math.inf)
         return prepared
 
-    def ingest_parts(self, messages: Sequence[InMessage], max_windows: int | None = -1) -> Iterator[Prepared]:
+    def ingest_parts(self, messages: Sequence[InMessage], max_windows: float | None = None) -> Iterator[Prepared]:
         """Decode and window ``messages`` in order, yielding a :class:`Prepared` as soon as it
-        holds ``max_windows`` windows (default ``batch_max_windows``; ``None``: no cap), and
+        holds ``max_windows`` windows (default ``batch_max_windows``; ``math.inf``: no cap), and
         the remainder at the end (always at least one part).
 
         Why parts: the agent hands each part to the model's executor thread as soon as it is
@@ -160,7 +161,7 @@ class Detector:
         use both cores; it is there for when the model runs elsewhere (the CUDA provider)
         and the CPU would otherwise wait for it.
         """
-        cap = self.cfg.batch_max_windows if max_windows == -1 else max_windows
+        cap = self.cfg.batch_max_windows if max_windows is None else max_windows
         prepared = Prepared()
         n_windows = 0
         # Counted here and added to the metrics once per part: the two labelled-counter calls
@@ -199,7 +200,7 @@ class Detector:
                 prepared.end_ts.append(batch.end_ts)
                 prepared.windows.append(batch.values)
                 n_windows += len(batch)
-                if cap is not None and n_windows >= cap:
+                if n_windows >= cap:
                     flush_counts()
                     yield prepared
                     prepared, n_windows = Prepared(), 0

@@ -555,14 +555,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                      batch_max_messages=args.batch_max_messages,
                                      batch_max_latency_ms=args.batch_max_latency_ms)
                         for r in range(args.runs)]
-                pps = _median(runs, "points_per_s")
                 pt = results["passthrough"][tkey]["faust_worker_consumer"]["points_per_s"]
                 stock = results["passthrough"][tkey]["faust_stock"]["points_per_s"]
                 raw = results["aiokafka"][tkey]["aiokafka"]["points_per_s"]
-                entry = {"points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
-                         "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
-                         "ratio_to_passthrough": pps / pt, "ratio_to_stock_faust_passthrough": pps / stock,
-                         "ratio_to_aiokafka": pps / raw, "runs": runs}
+                entry = _detector_entry(runs, pt)
+                pps = entry["points_per_s"]
+                entry.update(ratio_to_stock_faust_passthrough=pps / stock, ratio_to_aiokafka=pps / raw)
                 print(f"{mname} {kind}: {pps:,.0f} points/s ({pps / pt:.0%} of pass-through, {pps / raw:.1%} of aiokafka), "
                       f"{entry['worker_cpu_us_per_point']:.1f} us CPU/point", flush=True)
                 if not args.no_latency:
@@ -596,12 +594,18 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
                              stride=stride, batch_max_messages=args.batch_max_messages,
                              batch_max_latency_ms=args.batch_max_latency_ms)
                 for r in range(args.runs)]
-        pps = _median(runs, "points_per_s")
-        rows.append({"model": mname, "stride": stride, "points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
-                     "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
-                     "ratio_to_passthrough": pps / pt, "runs": runs})
-        print(f"{mname} batch, stride {stride}: {pps:,.0f} points/s ({pps / pt:.0%} of pass-through)", flush=True)
+        rows.append({"model": mname, "stride": stride, **_detector_entry(runs, pt)})
+        print(f"{mname} batch, stride {stride}: {rows[-1]['points_per_s']:,.0f} points/s "
+              f"({rows[-1]['ratio_to_passthrough']:.0%} of pass-through)", flush=True)
     return rows
+
+
+def _detector_entry(runs: list[dict], passthrough_points_per_s: float) -> dict[str, Any]:
+    """Medians of a detector's runs and its ratio to the pass-through agent on the same topic."""
+    pps = _median(runs, "points_per_s")
+    return {"points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
+            "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
+            "ratio_to_passthrough": pps / passthrough_points_per_s, "runs": runs}
 
 
 def throughput_markdown(res: dict[str, Any]) -> str:
