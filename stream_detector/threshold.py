@@ -130,24 +130,22 @@ def hysteresis_flags(scores: np.ndarray, threshold: float, release: float) -> np
 def dynamic_threshold_flags(scores: np.ndarray, history: int = 2000, step: int = 100, smoothing_span: int = 30,
                             z_range: np.ndarray | None = None, min_decrease: float = 0.13,
                             min_history: int = 300) -> np.ndarray:
-    """Boolean flags per point from the stream's own past (``NaN`` scores are never flagged)."""
-    z_range = np.arange(2.5, 12.0, 0.5) if z_range is None else z_range
-    smoothed = ewma(scores, smoothing_span)
-    flags = np.zeros(len(smoothed), dtype=bool)
-    for end in range(step, len(smoothed) + step, step):
-        end = min(end, len(smoothed))
-        lo = max(0, end - history)
-        e = smoothed[lo:end]
-        ok = np.isfinite(e)
-        if ok.sum() < min_history:
-            continue
-        idx = np.flatnonzero(ok) + lo
-        e_ok = smoothed[idx]
-        eps = _best_epsilon(e_ok, z_range)
-        window_flags = _prune(e_ok, e_ok >= eps, eps, min_decrease)
-        newest = idx >= end - step
-        flags[idx[newest]] = window_flags[newest]
-    return flags
+    """Boolean flags per point from the stream's own past (non-finite scores are never flagged).
+
+    A wrapper over the streaming ``adaptive.DynamicThreshold`` (the worker's procedure): the
+    whole series fed at once, then flushed.  Every ``step`` points epsilon is chosen on the last
+    ``history`` smoothed scores and the newest ``step`` points are flagged; a final partial step
+    of ``r`` points is decided with the history ending at the last point.  Differences from the
+    batch implementation this replaced: (a) that one re-decided the ``step - r`` points before a
+    final partial step with the final history (a stream cannot revise decisions it has
+    already made), and (b) an infinite score is treated as missing instead of making the EWMA
+    infinite for the rest of the series."""
+    from .adaptive import DynamicThreshold
+
+    proc = DynamicThreshold(history=history, step=step, smoothing_span=smoothing_span, min_decrease=min_decrease,
+                            min_history=min_history, z_range=z_range)
+    flags, _ = proc.update(scores)
+    return np.concatenate([flags, proc.flush()[0]])
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,38 +262,27 @@ def _telemanom_side(e: np.ndarray, eps: float, allowed: np.ndarray, flagged_befo
 def telemanom_flags(scores: np.ndarray, batch_size: int = 70, window_size: int = 30, smoothing_perc: float = 0.05,
                     error_buffer: int = 100, p: float = 0.13, l_s: int = 250, sd_lim: float = 12.0,
                     inverse: bool = True) -> np.ndarray:
-    """Boolean flags per point by telemanom's procedure on the raw ``scores`` (NaN: never flagged;
-    the procedure runs on the finite points in order)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    flags = np.zeros(len(scores), dtype=bool)
-    idx = np.flatnonzero(np.isfinite(scores))
-    n = len(idx)
-    if n < max(batch_size, 2):
-        return flags
-    e_all = ewma_adjusted(scores[idx], batch_size * window_size * smoothing_perc)
-    if n > l_s:  # the first l_s smoothed values: the mean of the first 2 l_s, as telemanom does
-        e_all[:l_s] = e_all[:2 * l_s].mean()
-    while window_size > 1 and n < batch_size * window_size:
-        window_size -= 1
-    num_windows = max(0, (n - batch_size * window_size) // batch_size)
-    ignore = 2 * l_s if n >= 2500 else (l_s if n >= 1800 else 0)
-    out = np.zeros(n, dtype=bool)
-    done = 0  # points before this were the newest batch of an earlier window
-    for i in range(num_windows + 1):
-        lo = i * batch_size
-        hi = n if i == num_windows else batch_size * window_size + i * batch_size
-        e = e_all[lo:hi]
-        pos = np.arange(lo, hi)
-        allowed = pos >= (ignore if i == 0 else done)
-        before = out[lo:hi].copy()
-        mean, sd = float(e.mean()), float(e.std())
-        new = _telemanom_side(e, mean + telemanom_epsilon_z(e, error_buffer, sd_lim) * sd, allowed, before,
-                              error_buffer, p)
-        if inverse:
-            e_inv = 2 * mean - e
-            new |= _telemanom_side(e_inv, mean + telemanom_epsilon_z(e_inv, error_buffer, sd_lim) * sd, allowed,
-                                   before, error_buffer, p)
-        out[lo:hi] |= new
-        done = hi
-    flags[idx] = out
-    return flags
+    """Boolean flags per point by telemanom's procedure on the raw ``scores`` (non-finite: never
+    flagged; the procedure runs on the finite points in order).
+
+    A wrapper over the streaming ``adaptive.TelemanomThreshold`` (the worker's procedure): the
+    whole series fed at once, then flushed, so that offline and online decisions are the same.
+    With ``n`` finite points, ``N = batch_size * window_size`` (2100) and ``r = (n - N) %
+    batch_size``, the result equals the batch implementation this replaced except:
+
+    * when ``n >= N`` and ``r > 0``: the last full batch and the ``r`` points after it.  The old
+      loop decided them together with one longer window ending at the last point; a stream
+      decides the full batch when it completes (last ``N`` values) and the ``r`` remaining
+      points at the end with the last ``N`` values;
+    * when ``N <= n < 2500``: the first ``2 l_s`` (500) points are never flagged, where the old
+      code ignored only ``l_s`` (250) for such series: a stream cannot know at its first
+      decision that it will be short, so it assumes a long one.
+
+    A series shorter than ``N`` (never one decision) runs exactly the old short-series logic
+    (fewer batches per window; ``l_s`` or nothing ignored below 2500 or 1800 points)."""
+    from .adaptive import TelemanomThreshold
+
+    proc = TelemanomThreshold(batch_size=batch_size, window_size=window_size, smoothing_perc=smoothing_perc,
+                              error_buffer=error_buffer, p=p, l_s=l_s, sd_lim=sd_lim, inverse=inverse)
+    flags, _ = proc.update(scores)
+    return np.concatenate([flags, proc.flush()[0]])

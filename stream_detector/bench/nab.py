@@ -128,38 +128,21 @@ def anomaly_likelihood(raw: np.ndarray, learning_period: int = 288, estimation_s
     nupic floors the mean at 0.03 and the variance at 0.0003 in the score's own units (here
     a relative floor on the standard deviation), and mirrors scores below the mean (a score
     unusually *low* is flagged too; here it is not).
+
+    A wrapper over the streaming ``adaptive.LikelihoodThreshold`` (the worker's procedure), so
+    offline and online likelihoods are the same.  Against the vectorised implementation it
+    replaced (cumulative sums over the whole series): equal to ~1e-12 relative (the moving
+    average is a direct sum of its window, the normal fit sums blocks of moving averages), and
+    an infinite raw score is missing for its ``averaging_window`` moving averages only (the
+    cumulative sum made every later moving average NaN).
     """
-    x = np.asarray(raw, dtype=np.float64)
-    n = len(x)
-    m = moving_average(x, averaging_window)
-    ok = np.isfinite(m)
-    ok[:learning_period] = False  # never estimated from (and kept out of the running sums' rounding)
-    mz = np.where(ok, m, 0.0)
-    c0 = np.concatenate([[0], np.cumsum(ok)])
-    c1 = np.concatenate([[0.0], np.cumsum(mz)])
-    c2 = np.concatenate([[0.0], np.cumsum(mz * mz)])
-    tail = np.full(n, 0.5)
-    first = learning_period + estimation_samples
-    if n > first:
-        t = np.arange(first, n)
-        est = np.maximum(first, (t // reestimation_period) * reestimation_period)  # when the estimate was made
-        lo = np.maximum(est - historic_window, learning_period)
-        cnt = (c0[est] - c0[lo]).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (c1[est] - c1[lo]) / cnt
-            var = np.maximum((c2[est] - c2[lo]) / cnt - mean * mean, 0.0)
-            std = np.maximum(np.sqrt(var), np.maximum(std_floor * np.abs(mean), 1e-12))
-            z = (m[first:] - mean) / std
-        erfc = np.frompyfunc(math.erfc, 1, 1)
-        q = np.asarray(erfc(np.nan_to_num(z, nan=0.0, posinf=1e300, neginf=-1e300) / math.sqrt(2.0)),
-                       dtype=np.float64) * 0.5
-        good = np.isfinite(z) & (cnt > 0)
-        tail[first:] = np.where(good, q, 0.5)
-    red_tail, yellow_tail = 1.0 - red, 1.0 - yellow
-    in_red = tail <= red_tail
-    repeat = in_red & np.concatenate([[False], in_red[:-1]])
-    filtered = np.where(repeat, yellow_tail, tail)
-    return 1.0 - filtered
+    from ..adaptive import LikelihoodThreshold
+
+    proc = LikelihoodThreshold(learning_period=learning_period, estimation_samples=estimation_samples,
+                               historic_window=historic_window, reestimation_period=reestimation_period,
+                               averaging_window=averaging_window, red=red, yellow=yellow, std_floor=std_floor)
+    proc.update(np.asarray(raw, dtype=np.float64))
+    return proc.last_likelihoods
 
 
 def log_likelihood(likelihood: np.ndarray) -> np.ndarray:
