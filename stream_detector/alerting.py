@@ -40,21 +40,29 @@ class EpisodeTracker:
     def _event(self, kind: str, source: str) -> dict:
         s = self.state
         return {"event": kind, "source": source, "episode_id": s["id"], "start": s["start"], "end": s["end"],
-                "peak_score": s["peak"], "threshold": self.threshold, "windows": s["windows"],
+                "peak_score": s["peak"], "threshold": s.get("threshold", self.threshold), "windows": s["windows"],
                 "top_channels": self._top()}
 
     def update(self, source: str, start_ts: float, end_ts: float, score: float,
-               channel_scores: np.ndarray) -> list[dict]:
-        """Feed one scored window; returns the alert events (``opened`` / ``closed``) it causes."""
+               channel_scores: np.ndarray, flag: bool | None = None, threshold: float | None = None) -> list[dict]:
+        """Feed one scored window; returns the alert events (``opened`` / ``closed``) it causes.
+
+        ``flag`` None: the static rule (open at ``threshold``, hold while at or above ``release``).
+        ``flag`` True/False: an adaptive procedure has decided the window (it opens and holds an
+        episode exactly while it flags), and ``threshold`` is the level in force, reported in the
+        ``opened`` event.
+        """
         s, events = self.state, []
+        opens = score >= self.threshold if flag is None else flag
+        holds = score >= self.release if flag is None else flag
         if not s.get("open"):
-            if score >= self.threshold:
+            if opens:
                 s.update(open=True, id=f"{source}@{end_ts:.6f}", start=float(start_ts), end=float(end_ts),
                          peak=float(score), windows=1, channel_sum=[float(v) for v in channel_scores],
-                         below_since=None)
+                         below_since=None, threshold=float(self.threshold if threshold is None else threshold))
                 events.append(self._event("opened", source))
             return events
-        if score >= self.release:
+        if holds:
             s["below_since"] = None
             s["end"] = float(end_ts)
             s["peak"] = max(s["peak"], float(score))

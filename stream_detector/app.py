@@ -26,7 +26,6 @@ import faust
 from . import metrics
 from .config import WorkerConfig
 from .detector import Detector, InMessage
-from .scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -154,26 +153,6 @@ def _faust_prometheus_monitor():
     return LeanPrometheusMonitor(metrics=_FAUST_SENSOR)
 
 
-def _quiet_onnxruntime(scorer: Scorer) -> None:
-    """Reload the scorer's CPU session with ONNX Runtime's thread spinning off.
-
-    The model runs on one executor thread beside the event loop; by default ORT's intra-op
-    threads spin after every call, and on a 2-core worker they took the core that the
-    event loop (decoding, windowing, Kafka I/O) needed.  Same file, same provider, same
-    thread count; only the idle behaviour changes.
-    """
-    if scorer.provider != "CPUExecutionProvider":
-        return
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    scorer.session = ort.InferenceSession(str(scorer.model_dir / "model.onnx"), sess_options=opts,
-                                          providers=["CPUExecutionProvider"])
-
-
 def faust_settings(cfg: WorkerConfig) -> dict:
     settings = dict(
         broker=cfg.broker_urls, broker_credentials=cfg.faust_credentials(), key_serializer="raw",
@@ -193,22 +172,20 @@ def faust_settings(cfg: WorkerConfig) -> dict:
     return settings
 
 
-def create_app(cfg: WorkerConfig, scorer: Scorer | None = None) -> faust.App:
-    """The Faust app for ``cfg``; loads the model now so a bad model directory fails at start."""
-    if scorer is None:
-        if not cfg.model_dir:
-            from .config import ConfigError
-
-            raise ConfigError("config key 'model_dir': a model directory is required")
-        scorer = Scorer(cfg.model_dir)
-    _quiet_onnxruntime(scorer)
+def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App:
+    """The Faust app for ``cfg``; loads the models now so a bad repository fails at start."""
+    table_ref: list = []
+    if detector is None:
+        detector = Detector(cfg, load_state=lambda source: table_ref[0].data.get(source.encode()))
+    else:
+        detector._load_state = lambda source: table_ref[0].data.get(source.encode())
     app = DetectorApp(cfg.app_id, **faust_settings(cfg))
     app.monitor = _faust_prometheus_monitor()
     raw = dict(key_serializer="raw", value_serializer="raw", partitions=cfg.partitions)
     input_topic = app.topic(cfg.topic_input, **raw)
     scores_topic, alerts_topic, dead_topic = cfg.topic_scores, cfg.topic_alerts, cfg.topic_dead_letters
     table = app.Table(STATE_TABLE, default=None, partitions=cfg.partitions, key_type=bytes, value_type=bytes)
-    detector = Detector(scorer, cfg, load_state=lambda source: table.data.get(source.encode()))
+    table_ref.append(table)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
     app.detector = detector  # for tests and the CLI
 
@@ -226,12 +203,11 @@ def create_app(cfg: WorkerConfig, scorer: Scorer | None = None) -> faust.App:
             parts, touched = [], {}
             for prepared in detector.ingest_parts(messages):
                 touched.update(prepared.touched)
-                scored = loop.run_in_executor(executor, detector.score, prepared) if prepared.sources else None
+                scored = loop.run_in_executor(executor, detector.score, prepared) if prepared.groups else None
                 parts.append((prepared, scored))
             pending = []
             for prepared, scored in parts:
-                scores, channel_scores = await scored if scored else detector.score(prepared)
-                out = detector.finish(prepared, scores, channel_scores)
+                out = detector.finish(prepared, await scored if scored else detector.score(prepared))
                 # Straight to the producer (aiokafka batches them per partition): Faust's
                 # topic.send adds ~30 us of bookkeeping per record, which is per window here.
                 for topic, records in ((scores_topic, out.scores), (alerts_topic, out.alerts),
@@ -259,7 +235,16 @@ def create_app(cfg: WorkerConfig, scorer: Scorer | None = None) -> faust.App:
     async def start_metrics() -> None:
         if cfg.metrics_port:
             app.metrics_server = metrics.serve(cfg.metrics_host, cfg.metrics_port)
-        log.info("stream-detector: model %s:%s (%s), window %d stride %d, input topic %r",
-                 scorer.name, scorer.version, scorer.provider, scorer.window, detector.router.stride, cfg.topic_input)
+        log.info("stream-detector: serving %s; input topic %r",
+                 ", ".join(f"{s.name}:{s.version} ({s.scorer.provider})" for s in detector.served.values()),
+                 cfg.topic_input)
+
+    @app.timer(cfg.model_poll_seconds)
+    async def poll_repository() -> None:
+        # Scanning and loading sessions block, so they run off the event loop; the swap itself
+        # happens on the loop, between two agent steps, so a step never sees two versions.
+        new = await asyncio.get_running_loop().run_in_executor(None, detector.prepare_refresh)
+        if new:
+            detector.install(new)
 
     return app

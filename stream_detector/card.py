@@ -63,8 +63,27 @@ def load_card(model_dir: Path | str) -> dict:
         raise ModelLoadError(
             f"{model_dir}: model.onnx does not match its card (SHA-256 {actual[:12]}... != {card['onnx_sha256'][:12]}...); "
             "refusing to load a graph that may have been changed. Re-export the model or restore the file.")
+    _check_fields(card, card_path)
+    return card
+
+
+def _check_fields(card: dict, card_path: Path) -> None:
+    """The fields the worker relies on have the types it expects (a hand-edited card fails here,
+    at load, with the field named, not later inside the stream)."""
+    chans = card["channels"]
+    if not isinstance(chans, list) or not chans or not all(isinstance(c, str) and c for c in chans) \
+            or len(set(chans)) != len(chans):
+        raise ModelLoadError(f"{card_path}: 'channels' must be a non-empty list of distinct names")
+    for key in ("window", "stride"):
+        if isinstance(card[key], bool) or not isinstance(card[key], int) or card[key] <= 0:
+            raise ModelLoadError(f"{card_path}: '{key}' must be a positive integer, got {card[key]!r}")
     thr = card["threshold"]
     if not isinstance(thr, dict) or not all(isinstance(thr.get(k), (int, float)) and math.isfinite(thr[k])
                                             for k in ("value", "release")):
         raise ModelLoadError(f"{card_path}: threshold must hold finite 'value' and 'release'")
-    return card
+    from .adaptive import make_threshold
+
+    try:
+        make_threshold({"method": "quantile", **thr}, int(card["stride"]))
+    except ValueError as e:
+        raise ModelLoadError(f"{card_path}: threshold: {e}") from None

@@ -61,12 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         card = fit_series_model(values, channels, Path(args.out), window=args.window, stride=args.stride,
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
                                 version=args.version, threshold_quantile=args.threshold_quantile,
-                                source=str(args.data), progress=not args.quiet)
+                                source=str(args.data), progress=not args.quiet, threshold=args.threshold)
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
-          f"{args.transform}, threshold {card['threshold']['value']:.5g} "
-          f"(q{card['threshold']['quantile']} of {card['threshold']['calibration_windows']} held-out windows), "
+          f"{args.transform}, threshold method {card['threshold']['method']} (held-out q{args.threshold_quantile}: "
+          f"{card['threshold']['value']:.5g}), "
           f"{card['graph']['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card['training']['seconds']:.0f} s")
     return 0
 
@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.model:
         from dataclasses import replace
 
-        cfg = replace(cfg, model_dir=args.model)
+        cfg = replace(cfg, model_dir=args.model, model_repository=None, routes=None)
     run_worker(cfg)
     return 0
 
@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot-size", type=_positive_int, default=32, help="distance-plot side; longer windows are pooled")
     t.add_argument("--max-seconds", type=float, help="wall-clock budget for training")
     t.add_argument("--threshold-quantile", type=float, default=0.995)
+    t.add_argument("--threshold", choices=["quantile", "pot", "dynamic", "telemanom", "likelihood"], default="quantile",
+                   help="how the worker flags windows: a static level from held-out windows (quantile, pot) or an "
+                        "adaptive procedure on each source's own stream (telemanom, dynamic, likelihood); recorded "
+                        "in the card, overridable per route")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--name", default="model")
     t.add_argument("--version", default="1")
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the streaming worker (Faust agent) against Kafka")
     w.add_argument("--config", help="YAML config file (STREAM_DETECTOR_* environment variables override it)")
-    w.add_argument("--model", help="model directory (overrides the config's model_dir)")
+    w.add_argument("--model", help="one model directory (overrides the config's model_repository/model_dir and routes)")
     w.set_defaults(func=cmd_worker)
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (development, demo, tests)")

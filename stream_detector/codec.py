@@ -58,6 +58,7 @@ REASONS: tuple[str, ...] = (
     "bad_value",          # NaN, inf, out of float32 range, or non-numeric value/timestamp
     "bad_shape",          # batch arrays of unequal length, empty batch, scalar/list mix
     "ts_not_increasing",  # timestamps not strictly increasing (in a batch or per source)
+    "no_model",           # no route matches the source, or its model has no servable version
 )
 
 FORMATS = ("msgpack", "json")

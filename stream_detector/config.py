@@ -20,7 +20,11 @@ Example file::
     security_protocol: SASL_SSL
     sasl_mechanism: SCRAM-SHA-512
     sasl_username: detector
-    model_dir: models/smap-seq/1
+    model_repository: models          # <name>/<version>/ folders; or model_dir for one model
+    routes:
+      - {sources: "A-*", model: smap-a, threshold: {method: telemanom}}
+      - {sources: "re:E-\\d+", model: smap-e}
+      - {sources: "*", model: smap-demo}   # the default
     batch_max_windows: 64
     max_gap_seconds: 30
     allowed_sources: [A-1, A-2, E-7]
@@ -82,8 +86,11 @@ class WorkerConfig:
     topic_dead_letters: str = "dead-letters"
     partitions: int = 4
     message_format: str = "msgpack"  # of the records the worker writes; input is auto-detected
-    # The model and windowing
-    model_dir: str | None = None
+    # The models and windowing
+    model_repository: str | None = None  # DIR/<name>/<version>/model.onnx + model.json (Triton's layout)
+    model_dir: str | None = None  # one-model shorthand: a single <name>/<version> directory
+    routes: list | None = None  # ordered [{sources: PATTERN, model: NAME, threshold: {...}, stride: N}]
+    model_poll_seconds: float = 30.0  # how often the repository is checked for new versions
     stride: int | None = None  # None: the model card's stride
     max_gap_seconds: float | None = None  # None: never reset a source's buffer on a gap
     max_message_bytes: int = 1 << 20
@@ -256,6 +263,23 @@ def _path(v: Any, from_env: bool) -> str:
     return v.strip()
 
 
+def _routes(v: Any, from_env: bool) -> list:
+    """Routes as parsed :class:`~stream_detector.repository.Route` objects (JSON text from the environment)."""
+    from .repository import parse_routes
+
+    if from_env and isinstance(v, str):
+        import json
+
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise _Bad("a JSON list of {\"sources\": PATTERN, \"model\": NAME}") from None
+    try:
+        return parse_routes(v)
+    except ValueError as e:
+        raise _Bad(f"a list of {{sources: PATTERN, model: NAME}} ({e})") from None
+
+
 _TOPIC = _str("a Kafka topic name (letters, digits, '.', '_', '-')", r"[A-Za-z0-9._\-]{1,249}")
 _positive_int = _int(lambda x: x > 0, "a positive integer")
 _positive_float = _float(lambda x: x > 0, "a positive number")
@@ -279,7 +303,10 @@ _PARSERS: dict[str, Parser] = {
     "topic_dead_letters": _TOPIC,
     "partitions": _positive_int,
     "message_format": _choice(MESSAGE_FORMATS, str.lower),
+    "model_repository": _path,
     "model_dir": _path,
+    "routes": _routes,
+    "model_poll_seconds": _positive_float,
     "stride": _positive_int,
     "max_gap_seconds": _positive_float,
     "max_message_bytes": _positive_int,
@@ -299,7 +326,7 @@ _PARSERS: dict[str, Parser] = {
 _FIELDS = {f.name: f for f in dataclasses.fields(WorkerConfig)}
 assert set(_PARSERS) == set(_FIELDS), "every WorkerConfig field needs a parser"
 _OPTIONAL = {name for name, f in _FIELDS.items() if f.default is None}
-_PATHS = {"model_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile"}
+_PATHS = {"model_repository", "model_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile"}
 
 
 def env_name(key: str) -> str:
@@ -415,5 +442,11 @@ def _check_together(cfg: WorkerConfig) -> None:
     if cfg.alert_release_ratio is not None and cfg.alert_release_threshold is not None:
         raise ConfigError("config key 'alert_release_threshold': set either alert_release_ratio or "
                           "alert_release_threshold, not both")
+    if cfg.model_repository is not None and cfg.model_dir is not None:
+        raise ConfigError("config key 'model_dir': set either model_repository (many models) or model_dir "
+                          "(one model), not both")
+    if cfg.routes and cfg.model_dir is not None:
+        raise ConfigError("config key 'routes': routes choose between the models of a model_repository; "
+                          "with model_dir every source goes to that one model")
     if cfg.metrics_port != 0 and cfg.metrics_host in ("", None):
         raise ConfigError("config key 'metrics_host': required when metrics_port is not 0")

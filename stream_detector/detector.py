@@ -1,24 +1,41 @@
-"""The worker's processing of one batch of input messages, independent of Faust.
+"""The worker's core, independent of Faust: many models, their sources, windows, thresholds, alerts.
 
-The Faust agent (``app.py``) hands a batch of raw Kafka messages to :class:`Detector` in
-three steps, so that the model call can run in an executor without blocking the event loop:
+:class:`Detector` hosts every servable model of a :class:`~stream_detector.repository.ModelRepository`
+and the state of every source.  The Faust agent (``app.py``) only decodes Kafka messages into
+:class:`InMessage`, calls the three steps below and publishes what comes back:
 
-1. :meth:`Detector.ingest` (event loop, cheap): decode and validate every message, drop
-   redelivered ones, push points into each source's window buffer, collect the complete
-   windows of all sources into one array.  Bad messages become dead letters here.
-2. :meth:`Detector.score` (executor): one ONNX Runtime call per ``batch_max_windows``.
-3. :meth:`Detector.finish` (event loop): score records, alert episodes, metrics and the
-   per-source state to persist.
+1. :meth:`Detector.ingest_parts` (event loop, cheap): route each message's source to a model
+   (``no_model`` dead letter when nothing matches), decode and validate it against that
+   model's channels, drop redelivered messages, push points into the source's window buffer
+   and collect complete windows, grouped per served model version.
+2. :meth:`Detector.score` (executor): one ONNX Runtime call per model per ``batch_max_windows``.
+3. :meth:`Detector.finish` (event loop): each source's threshold procedure decides its windows
+   (immediately for a static threshold; up to ``max_lag`` windows later for the adaptive ones,
+   whose undecided windows wait in the source's state), then score records, alert episodes
+   and metrics.  :meth:`Detector.states` gives the per-source state to persist once a whole
+   step is published.
 
-Redelivery: each source's persisted state carries the offset of the last message folded
-into it.  After a crash Kafka redelivers from the last committed offset; messages at or
-below the saved offset were already windowed (and their scores published before the state
-was saved), so they are skipped and counted as ``redelivered`` instead of being rejected
-for going back in time or scored twice.
+For offline use and tests :meth:`Detector.process` runs all three on a list of messages, and
+:meth:`Detector.process_points` takes one source's points directly (River-style), no Kafka.
+
+**Redelivery.**  Each source's persisted state carries the offset of the last message folded
+into it.  After a crash Kafka redelivers from the last committed offset; messages at or below
+the saved offset were already windowed (and their records published before the state was
+saved), so they are skipped and counted as ``redelivered``.
+
+**Live versions.**  :meth:`prepare_refresh` (any thread) scans the repository and loads the
+sessions of new versions; :meth:`install` (event loop, between steps) swaps them in.  A source
+moves to the new version the next time it sends data, before its new points are windowed,
+i.e. at a window boundary: every earlier window was scored by the old version.  Its window
+buffer is kept when window, stride and channels match (else it restarts: the next window comes
+``W`` points later).  Its threshold state is kept when the threshold specification is the same;
+otherwise the old procedure decides its pending windows at once (``flush``) and a fresh one
+starts, so no window is lost or decided twice.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +45,17 @@ import msgpack
 import numpy as np
 
 from . import metrics
+from .adaptive import AdaptiveThreshold, make_threshold
 from .alerting import EpisodeTracker
 from .codec import InvalidMessage, PointDecoder, dead_letter_record, encode_record
 from .config import WorkerConfig
+from .repository import ModelRepository, ModelVersion, Route, Routes
 from .scoring import Scorer
-from .windowing import WindowRouter
+from .windowing import SourceWindows, channels_fingerprint
+
+log = logging.getLogger(__name__)
+
+STATIC_METHODS = ("quantile", "pot")
 
 
 @dataclass
@@ -46,29 +69,78 @@ class InMessage:
     offset: int
 
 
-@dataclass
-class Prepared:
-    """Windows gathered from one batch, waiting for scores."""
+class Served:
+    """One model version being served: its ONNX Runtime session and its message decoder."""
 
+    def __init__(self, mv: ModelVersion, scorer: Scorer, cfg: WorkerConfig):
+        self.name, self.version, self.scorer = mv.name, mv.version, scorer
+        self.card = scorer.card
+        self.channels = scorer.channels
+        self.fingerprint = channels_fingerprint(self.channels)
+        self.decoder = PointDecoder(scorer.channels, allow_imputation=scorer.allow_imputation,
+                                    max_bytes=cfg.max_message_bytes, allowed_sources=cfg.allowed_sources)
+        self.windows_metric = metrics.WINDOWS.labels(self.name)
+        self.inference_metric = metrics.INFERENCE.labels(self.name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass
+class Group:
+    """The windows of one served model version in one part of a step."""
+
+    served: Served
     sources: list[str] = field(default_factory=list)  # one per window
     start_ts: list[np.ndarray] = field(default_factory=list)
     end_ts: list[np.ndarray] = field(default_factory=list)
     windows: list[np.ndarray] = field(default_factory=list)
-    touched: dict[str, int] = field(default_factory=dict)  # source -> input partition
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
 
     def stacked(self) -> np.ndarray:
-        return np.concatenate(self.windows) if self.windows else np.zeros((0, 0, 0), np.float32)
+        return np.concatenate(self.windows)
+
+
+@dataclass
+class Decided:
+    """Windows whose threshold decision is made: ready to become score records."""
+
+    source: str
+    served_name: str
+    versions: np.ndarray  # int per window
+    start_ts: np.ndarray
+    end_ts: np.ndarray
+    scores: np.ndarray
+    channel_scores: np.ndarray
+    flags: np.ndarray | None  # None: the static threshold decides (with hysteresis) in the tracker
+    thresholds: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. likelihood per window
+
+
+@dataclass
+class Prepared:
+    """Windows gathered from one part of a step, waiting for scores."""
+
+    groups: dict[str, Group] = field(default_factory=dict)
+    touched: dict[str, int] = field(default_factory=dict)  # source -> input partition
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    flushed: list[Decided] = field(default_factory=list)  # decided at a version switch
+
+    @property
+    def n_windows(self) -> int:
+        return sum(len(g.sources) for g in self.groups.values())
 
 
 @dataclass
 class Outgoing:
-    """Everything one batch produces: records to publish and state to persist."""
+    """Everything one part produces: records to publish (and, from :meth:`Detector.process`, state)."""
 
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # source -> (partition, state)
+    records: list[dict] = field(default_factory=list)  # score records as dicts (process_points only)
+    events: list[dict] = field(default_factory=list)  # alert events as dicts (process_points only)
 
 
 def encode_state(state: dict) -> bytes:
@@ -85,57 +157,228 @@ def decode_state(raw: bytes | None) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+# -- per-source state ---------------------------------------------------------------------------
+class Pending:
+    """Scored windows waiting for their threshold decision (adaptive methods only)."""
+
+    def __init__(self, n_channels: int):
+        self.versions = np.zeros(0, np.int32)
+        self.start_ts = np.zeros(0, np.float64)
+        self.end_ts = np.zeros(0, np.float64)
+        self.scores = np.zeros(0, np.float32)
+        self.channel_scores = np.zeros((0, n_channels), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def append(self, version: int, start, end, scores, channel_scores) -> None:
+        self.versions = np.concatenate([self.versions, np.full(len(scores), version, np.int32)])
+        self.start_ts = np.concatenate([self.start_ts, start])
+        self.end_ts = np.concatenate([self.end_ts, end])
+        self.scores = np.concatenate([self.scores, np.asarray(scores, np.float32)])
+        self.channel_scores = np.concatenate([self.channel_scores, np.asarray(channel_scores, np.float32)])
+
+    def pop(self, k: int) -> tuple[np.ndarray, ...]:
+        out = (self.versions[:k], self.start_ts[:k], self.end_ts[:k], self.scores[:k], self.channel_scores[:k])
+        self.versions, self.start_ts, self.end_ts = self.versions[k:], self.start_ts[k:], self.end_ts[k:]
+        self.scores, self.channel_scores = self.scores[k:], self.channel_scores[k:]
+        return out
+
+    def state(self) -> dict:
+        return {"n": len(self), "c": int(self.channel_scores.shape[1]), "v": self.versions.tobytes(),
+                "s": self.start_ts.tobytes(), "e": self.end_ts.tobytes(), "x": self.scores.tobytes(),
+                "cs": self.channel_scores.tobytes()}
+
+    @classmethod
+    def from_state(cls, st: dict, n_channels: int) -> Pending:
+        p = cls(n_channels)
+        if st and st.get("n") and int(st.get("c", -1)) == n_channels:
+            p.versions = np.frombuffer(st["v"], np.int32).copy()
+            p.start_ts = np.frombuffer(st["s"], np.float64).copy()
+            p.end_ts = np.frombuffer(st["e"], np.float64).copy()
+            p.scores = np.frombuffer(st["x"], np.float32).copy()
+            p.channel_scores = np.frombuffer(st["cs"], np.float32).reshape(-1, n_channels).copy()
+        return p
+
+
+@dataclass
+class Source:
+    """Everything the worker keeps for one source id."""
+
+    route: Route
+    served: Served
+    stride: int
+    windows: SourceWindows
+    spec: dict  # the threshold specification in force
+    threshold: AdaptiveThreshold
+    tracker: EpisodeTracker
+    pending: Pending
+
+    @property
+    def static(self) -> bool:
+        return self.spec["method"] in STATIC_METHODS
+
+
 class Detector:
-    """Windows, scores and alerts for all sources of one worker."""
+    """Windows, scores, thresholds and alerts for all sources and models of one worker.
 
-    def __init__(self, scorer: Scorer, cfg: WorkerConfig,
-                 load_state: Callable[[str], bytes | None] | None = None):
-        self.scorer, self.cfg = scorer, cfg
+    ``repository`` defaults to the one named by ``cfg`` (``model_repository`` or ``model_dir``);
+    ``scorer_factory(model_version) -> Scorer`` builds the ONNX Runtime session of a version
+    (tests wrap it); ``load_state(source) -> bytes | None`` reads a source's persisted state
+    (the Faust table) the first time the source is seen.
+    """
+
+    def __init__(self, cfg: WorkerConfig, repository: ModelRepository | None = None,
+                 load_state: Callable[[str], bytes | None] | None = None,
+                 scorer_factory: Callable[[ModelVersion], Scorer] | None = None):
+        self.cfg = cfg
         self.fmt = cfg.message_format
-        self.decoder = PointDecoder(scorer.channels, allow_imputation=scorer.allow_imputation,
-                                    max_bytes=cfg.max_message_bytes, allowed_sources=cfg.allowed_sources)
+        self.repository = repository or repository_from_config(cfg)
+        self.routes = Routes(cfg.routes)
+        self._scorer_factory = scorer_factory or (lambda mv: Scorer(mv.path, spinning=False))
         self._load_state = load_state or (lambda source: None)
-        self._saved: dict[str, dict] = {}
-        self.router = WindowRouter(scorer.window, cfg.stride or scorer.stride, scorer.channels, cfg.max_gap_seconds,
-                                   loader=self._windows_state)
-        if cfg.alert_release_threshold is not None:
-            self.release = cfg.alert_release_threshold
-        elif cfg.alert_release_ratio is not None:
-            self.release = cfg.alert_release_ratio * scorer.threshold
-        else:
-            self.release = scorer.release_threshold
-        self.trackers: dict[str, EpisodeTracker] = {}
+        self.served: dict[str, Served] = {}
+        self.sources: dict[str, Source] = {}
         self.source_gauges = metrics.SourceGauges(cfg.source_metrics_limit)
-        metrics.MODEL.info({"name": scorer.name, "version": scorer.version, "provider": scorer.provider,
-                            "window": str(scorer.window), "stride": str(self.router.stride),
-                            "transform": str(scorer.card.get("transform"))})
+        self.repository.check()
+        self.install(self.prepare_refresh())
+        self._check_routes()
 
-    # -- state -----------------------------------------------------------------------------
-    def _saved_state(self, source: str) -> dict:
-        if source not in self._saved:
-            self._saved[source] = decode_state(self._load_state(source)) or {}
-        return self._saved[source]
+    # -- models ------------------------------------------------------------------------------
+    def prepare_refresh(self) -> dict[str, Served]:
+        """New versions found in the repository, loaded (blocking: call it off the event loop)."""
+        new = {}
+        for name, mv in self.repository.scan().items():
+            cur = self.served.get(name)
+            if cur is not None and cur.version == mv.version:
+                continue
+            try:
+                new[name] = Served(mv, self._scorer_factory(mv), self.cfg)
+            except Exception as e:  # ONNX Runtime refusing the graph: the old version keeps serving
+                metrics.MODEL_VERSIONS_REFUSED.labels(name).inc()
+                log.warning("model %s version %s refused by ONNX Runtime, the previous version keeps serving: %s",
+                            name, mv.version, e)
+        return new
 
-    def _windows_state(self, source: str) -> dict | None:
-        return self._saved_state(source).get("windows")
+    def install(self, new: dict[str, Served]) -> None:
+        """Serve ``new`` from now on (event loop, between steps); sources switch when next seen."""
+        for name, served in new.items():
+            old = self.served.get(name)
+            self.served[name] = served
+            metrics.MODEL_VERSION.labels(name).set(served.version)
+            metrics.MODEL.labels(name).info({"version": str(served.version), "provider": served.scorer.provider,
+                                             "window": str(served.scorer.window), "stride": str(served.scorer.stride),
+                                             "transform": str(served.card.get("transform")),
+                                             "threshold": str(served.card["threshold"].get("method", "quantile"))})
+            log.info("serving model %s version %s (%s)%s", name, served.version, served.scorer.provider,
+                     f", replacing version {old.version}" if old else "")
 
-    def _tracker(self, source: str) -> EpisodeTracker:
-        t = self.trackers.get(source)
-        if t is None:
-            t = EpisodeTracker(self.scorer.threshold, self.release, self.scorer.channels, self.cfg.alert_quiet_seconds,
-                               self.cfg.alert_top_channels, state=self._saved_state(source).get("episode") or {})
-            self.trackers[source] = t
-        return t
+    def _check_routes(self) -> None:
+        for r in self.routes.routes:
+            if r.model not in self.served:
+                log.warning("route %r names model %r, which the repository does not serve (yet): its sources go "
+                            "to the dead-letter topic as no_model", r.pattern, r.model)
+            else:
+                self._threshold_spec(self.served[r.model], r)  # a bad override fails at start-up
+
+    # -- sources ------------------------------------------------------------------------------
+    def _threshold_spec(self, served: Served, route: Route) -> dict:
+        card = dict(served.card["threshold"])
+        card.setdefault("method", "quantile")
+        if not route.threshold:
+            spec = card
+        else:
+            spec = {"value": card["value"], "release": card["release"], **route.threshold}
+        if spec["method"] in STATIC_METHODS:
+            if self.cfg.alert_release_threshold is not None:
+                spec["release"] = self.cfg.alert_release_threshold
+            elif self.cfg.alert_release_ratio is not None:
+                spec["release"] = self.cfg.alert_release_ratio * spec["value"]
+        return spec
+
+    def _stride(self, served: Served, route: Route) -> int:
+        return route.stride or self.cfg.stride or served.scorer.stride
+
+    def _new_source(self, route: Route, served: Served, saved: dict) -> Source:
+        stride = self._stride(served, route)
+        spec = self._threshold_spec(served, route)
+        same_model = saved.get("model") == served.name
+        windows = None
+        w = saved.get("windows") if same_model else None
+        if w and w.get("channels") == served.fingerprint:
+            try:
+                windows = SourceWindows.from_state(w)
+                if not windows.compatible_with(served.scorer.window, stride, len(served.channels)):
+                    windows = None
+            except (ValueError, AttributeError, KeyError, TypeError):
+                windows = None
+        if windows is None:
+            windows = SourceWindows(served.scorer.window, stride, len(served.channels), self.cfg.max_gap_seconds)
+        windows.max_gap_seconds = self.cfg.max_gap_seconds  # configuration wins over the saved value
+        keep_threshold = same_model and saved.get("spec") == spec and saved.get("channels") == served.fingerprint
+        try:
+            threshold = make_threshold(spec, stride, state=saved.get("threshold") if keep_threshold else None)
+        except (ValueError, KeyError, TypeError):
+            threshold = make_threshold(spec, stride)
+            keep_threshold = False
+        pending = Pending.from_state(saved.get("pending") if keep_threshold else None, len(served.channels))
+        if len(pending) != threshold.pending:  # the two must agree, or decisions would misalign
+            threshold, pending = make_threshold(spec, stride), Pending(len(served.channels))
+        tracker = self._tracker(served, spec, saved.get("episode") if same_model else None)
+        return Source(route, served, stride, windows, spec, threshold, tracker, pending)
+
+    def _tracker(self, served: Served, spec: dict, state: dict | None) -> EpisodeTracker:
+        value = float(spec.get("value", math.inf))
+        release = float(spec.get("release", value))
+        return EpisodeTracker(value, release, served.channels, self.cfg.alert_quiet_seconds,
+                              self.cfg.alert_top_channels, state=dict(state or {}))
+
+    def _source(self, source: str, prepared: Prepared) -> Source:
+        """The source's state, routed, loaded and switched to the served version; raises
+        ``InvalidMessage('no_model')`` when no route or no servable model takes it."""
+        st = self.sources.get(source)
+        route = st.route if st is not None else self.routes.route(source, self.served)
+        if route is None:
+            raise InvalidMessage("no_model", f"no route matches source {source!r}")
+        served = self.served.get(route.model)
+        if served is None:
+            raise InvalidMessage("no_model", f"route {route.pattern!r} names model {route.model!r}, which has no "
+                                             "servable version in the repository")
+        if st is None:
+            st = self._new_source(route, served, decode_state(self._load_state(source)) or {})
+            self.sources[source] = st
+        elif st.served is not served:
+            st = self._switch(source, st, served, prepared)
+        return st
+
+    def _switch(self, source: str, st: Source, served: Served, prepared: Prepared) -> Source:
+        """Move a source to a new version at a window boundary (see the module docstring)."""
+        spec = self._threshold_spec(served, st.route)
+        stride = self._stride(served, st.route)
+        if spec != st.spec or served.fingerprint != st.served.fingerprint:
+            flags, thresholds = st.threshold.flush()
+            if len(flags):
+                prepared.flushed.append(self._decided(source, st, len(flags), flags, thresholds))
+            st.threshold, st.pending, st.spec = make_threshold(spec, stride), Pending(len(served.channels)), spec
+        if served.fingerprint != st.served.fingerprint:
+            st.tracker = self._tracker(served, spec, None)  # channel shares of another list mean nothing
+        else:
+            st.tracker = self._tracker(served, spec, st.tracker.state)
+        if not st.windows.compatible_with(served.scorer.window, stride, len(served.channels)) or \
+                served.fingerprint != st.served.fingerprint:
+            offset = st.windows.last_offset
+            st.windows = SourceWindows(served.scorer.window, stride, len(served.channels), self.cfg.max_gap_seconds)
+            st.windows.last_offset = offset
+        st.served, st.stride = served, stride
+        return st
 
     def forget(self, sources: Sequence[str] | None = None) -> None:
         """Drop in-memory state (partitions revoked): it is reloaded from the table on next use."""
-        for s in list(self.trackers) if sources is None else sources:
-            self.router.forget(s)
-            self.trackers.pop(s, None)
-            self._saved.pop(s, None)
-        metrics.SOURCES.set(len(self.router))
+        for s in list(self.sources) if sources is None else sources:
+            self.sources.pop(s, None)
+        metrics.SOURCES.set(len(self.sources))
 
-    # -- step 1 ----------------------------------------------------------------------------
+    # -- step 1 ------------------------------------------------------------------------------
     def _dead(self, prepared: Prepared, msg: InMessage, exc: InvalidMessage) -> None:
         record = dead_letter_record(msg.value, exc.reason, exc.detail, msg.topic, msg.partition, msg.offset, msg.key)
         prepared.dead_letters.append((msg.key, encode_record(record, self.fmt)))
@@ -148,25 +391,19 @@ class Detector:
         return prepared
 
     def ingest_parts(self, messages: Sequence[InMessage], max_windows: float | None = None) -> Iterator[Prepared]:
-        """Decode and window ``messages`` in order, yielding a :class:`Prepared` as soon as it
-        holds ``max_windows`` windows (default ``batch_max_windows``; ``math.inf``: no cap), and
-        the remainder at the end (always at least one part).
+        """Route, decode and window ``messages`` in order, yielding a :class:`Prepared` as soon as
+        it holds ``max_windows`` windows (default ``batch_max_windows``; ``math.inf``: no cap),
+        and the remainder at the end (always at least one part).
 
         Why parts: the agent hands each part to the model's executor thread as soon as it is
-        yielded and goes on decoding the next messages on the event loop meanwhile (ONNX
-        Runtime releases the GIL), so decoding, scoring and publishing overlap instead of
-        taking turns (py-spy: ONNX Runtime held half of a batch-message step).  Measured on
-        2 CPU cores the overlap gains little (+4 % for the distance-plot model with batch
-        messages, within noise for the sequence model) because ORT's own threads already
-        use both cores; it is there for when the model runs elsewhere (the CUDA provider)
-        and the CPU would otherwise wait for it.
+        yielded and decodes the next messages meanwhile (ONNX Runtime releases the GIL), so
+        decoding, scoring and publishing overlap instead of taking turns.
         """
         cap = self.cfg.batch_max_windows if max_windows is None else max_windows
         prepared = Prepared()
         n_windows = 0
-        # Counted here and added to the metrics once per part: the two labelled-counter calls
-        # per message were a fifth of the detector's CPU for a single-point message
-        # (measured 14.3 -> 11.4 us a message, sequence model).
+        # Counted here and added to the metrics once per part: two labelled-counter calls per
+        # message were a fifth of the detector's CPU for a single-point message.
         ok = points_ok = redelivered = 0
 
         def flush_counts() -> None:
@@ -176,18 +413,21 @@ class Detector:
             if redelivered:
                 metrics.MESSAGES_REDELIVERED.inc(redelivered)
             ok = points_ok = redelivered = 0
-            metrics.SOURCES.set(len(self.router))
+            metrics.SOURCES.set(len(self.sources))
 
         for msg in messages:
             try:
-                source = self.decoder.source_of(msg.key)
-                sw = self.router.get(source)
+                source = self.served_decoder_source(msg.key)
+                st = self._source(source, prepared)
+                sw = st.windows
                 if sw.last_offset is not None and msg.offset <= sw.last_offset:
                     redelivered += 1
                     continue
-                last = sw.last_values() if self.decoder.allow_imputation else None
-                points = self.decoder.decode(source, msg.value, last_values=last)
-                batch = self.router.push(source, points.ts, points.values, offset=msg.offset)
+                decoder = st.served.decoder
+                last = sw.last_values() if decoder.allow_imputation else None
+                points = decoder.decode(source, msg.value, last_values=last)
+                batch = sw.push_batch(points.ts, points.values)
+                sw.last_offset = int(msg.offset)
             except InvalidMessage as exc:
                 self._dead(prepared, msg, exc)
                 continue
@@ -195,10 +435,13 @@ class Detector:
             points_ok += len(points)
             prepared.touched[source] = msg.partition
             if len(batch):
-                prepared.sources += [source] * len(batch)
-                prepared.start_ts.append(batch.start_ts)
-                prepared.end_ts.append(batch.end_ts)
-                prepared.windows.append(batch.values)
+                g = prepared.groups.get(st.served.key)
+                if g is None:
+                    g = prepared.groups[st.served.key] = Group(st.served)
+                g.sources += [source] * len(batch)
+                g.start_ts.append(batch.start_ts)
+                g.end_ts.append(batch.end_ts)
+                g.windows.append(batch.values)
                 n_windows += len(batch)
                 if n_windows >= cap:
                     flush_counts()
@@ -207,51 +450,109 @@ class Detector:
         flush_counts()
         yield prepared
 
-    # -- step 2 ----------------------------------------------------------------------------
-    def score(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of all prepared windows, ``batch_max_windows`` per ONNX Runtime call."""
-        windows = prepared.stacked()
-        n, step = len(prepared.sources), self.cfg.batch_max_windows
-        scores = np.empty(n, np.float32)
-        channel_scores = np.empty((n, len(self.scorer.channels)), np.float32)
-        for i in range(0, n, step):
-            started = time.perf_counter()
-            scores[i:i + step], channel_scores[i:i + step] = self.scorer.score(windows[i:i + step])
-            metrics.INFERENCE.observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(min(step, n - i))
-        return scores, channel_scores
+    def served_decoder_source(self, key: bytes | str | None) -> str:
+        """The source id of a message key (the same rules for every model)."""
+        return next(iter(self.served.values())).decoder.source_of(key)
 
-    # -- step 3 ----------------------------------------------------------------------------
-    def finish(self, prepared: Prepared, scores: np.ndarray, channel_scores: np.ndarray) -> Outgoing:
+    # -- step 2 ------------------------------------------------------------------------------
+    def score(self, prepared: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Scores of all prepared windows per group, ``batch_max_windows`` per ONNX Runtime call."""
+        out = {}
+        step = self.cfg.batch_max_windows
+        for key, g in prepared.groups.items():
+            windows, scorer = g.stacked(), g.served.scorer
+            n = len(g.sources)
+            scores = np.empty(n, np.float32)
+            channel_scores = np.empty((n, len(g.served.channels)), np.float32)
+            for i in range(0, n, step):
+                started = time.perf_counter()
+                scores[i:i + step], channel_scores[i:i + step] = scorer.score(windows[i:i + step])
+                g.served.inference_metric.observe(time.perf_counter() - started)
+                metrics.BATCH_SIZE.observe(min(step, n - i))
+            out[key] = (scores, channel_scores)
+        return out
+
+    # -- step 3 ------------------------------------------------------------------------------
+    def _decided(self, source: str, st: Source, k: int, flags: np.ndarray, thresholds: np.ndarray) -> Decided:
+        versions, start, end, scores, chs = st.pending.pop(k)
+        extra = {}
+        lik = getattr(st.threshold, "last_likelihoods", None)
+        if lik is not None and len(lik) == k:
+            extra["likelihood"] = np.asarray(lik)
+        return Decided(source, st.served.name, versions, start, end, scores, chs, flags, thresholds, extra)
+
+    def decide(self, prepared: Prepared, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Decided]:
+        """Feed each source's new window scores to its threshold procedure, in order; returns the
+        windows decided now (some of them may have been scored in earlier steps)."""
+        out = list(prepared.flushed)
+        for key, g in prepared.groups.items():
+            scores, channel_scores = scored[key]
+            starts, ends = np.concatenate(g.start_ts), np.concatenate(g.end_ts)
+            by_source: dict[str, list[int]] = {}
+            for i, s in enumerate(g.sources):
+                by_source.setdefault(s, []).append(i)
+            for source, idx in by_source.items():
+                st = self.sources[source]
+                ix = np.asarray(idx)
+                if st.static:  # decided now, with hysteresis, by the episode tracker
+                    thr = np.full(len(ix), st.spec["value"])
+                    out.append(Decided(source, g.served.name, np.full(len(ix), g.served.version, np.int32),
+                                       starts[ix], ends[ix], scores[ix], channel_scores[ix], None, thr))
+                    continue
+                st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix])
+                flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
+                if len(flags):
+                    out.append(self._decided(source, st, len(flags), flags, thresholds))
+        return out
+
+    def finish(self, prepared: Prepared, scored: dict[str, tuple[np.ndarray, np.ndarray]],
+               keep_dicts: bool = False) -> Outgoing:
         """Score records, alert events and dead letters of one part (no state: see :meth:`states`)."""
         out = Outgoing(dead_letters=prepared.dead_letters)
-        starts = np.concatenate(prepared.start_ts) if prepared.start_ts else np.zeros(0)
-        ends = np.concatenate(prepared.end_ts) if prepared.end_ts else np.zeros(0)
-        thr, model = self.scorer.threshold, self.scorer
         now = time.time()
-        last_window: dict[str, int] = {}  # source -> index of its latest window in this part
-        for i, source in enumerate(prepared.sources):
-            score = float(scores[i])
-            anomalous = score >= thr
-            record = {"source": source, "start": float(starts[i]), "end": float(ends[i]), "score": score,
-                      "threshold": thr, "is_anomaly": bool(anomalous),
-                      "channel_scores": dict(zip(model.channels, map(float, channel_scores[i]))),
-                      "model": model.name, "model_version": model.version}
-            key = source.encode()
-            out.scores.append((key, encode_record(record, self.fmt)))
-            metrics.SCORE.observe(score)
-            metrics.LATENCY.observe(max(0.0, now - float(ends[i])))
-            if anomalous:
-                metrics.ANOMALIES.inc()
-            for event in self._tracker(source).update(source, starts[i], ends[i], score, channel_scores[i]):
-                out.alerts.append((key, encode_record(event, self.fmt)))
-                if event["event"] == "opened":
-                    metrics.EPISODES_OPENED.inc()
-            last_window[source] = i
-        for source, i in last_window.items():  # gauges show the latest window: set them once
-            self.source_gauges.update(source, float(scores[i]), thr, float(ends[i]))
-        metrics.WINDOWS.inc(len(prepared.sources))
-        metrics.EPISODES_OPEN.set(sum(t.is_open for t in self.trackers.values()))
+        n = 0
+        for d in self.decide(prepared, scored):
+            st = self.sources.get(d.source)
+            channels = st.served.channels if st else []
+            tracker = st.tracker if st else None
+            key = d.source.encode()
+            for i in range(len(d.scores)):
+                score, thr = float(d.scores[i]), float(d.thresholds[i])
+                if d.flags is None:
+                    anomalous = score >= thr
+                else:
+                    anomalous = bool(d.flags[i])
+                record = {"source": d.source, "start": float(d.start_ts[i]), "end": float(d.end_ts[i]),
+                          # null while an adaptive procedure is still learning (no level chosen yet)
+                          "score": score, "threshold": thr if math.isfinite(thr) else None,
+                          "is_anomaly": bool(anomalous),
+                          "channel_scores": dict(zip(channels, map(float, d.channel_scores[i]))),
+                          "model": d.served_name, "model_version": str(int(d.versions[i]))}
+                for name, values in d.extra.items():
+                    record[name] = float(values[i])
+                out.scores.append((key, encode_record(record, self.fmt)))
+                if keep_dicts:
+                    out.records.append(record)
+                metrics.SCORE.observe(score)
+                metrics.LATENCY.observe(max(0.0, now - float(d.end_ts[i])))
+                if anomalous:
+                    metrics.ANOMALIES.inc()
+                if tracker is not None:
+                    flag = None if d.flags is None else bool(anomalous)
+                    for event in tracker.update(d.source, d.start_ts[i], d.end_ts[i], score, d.channel_scores[i],
+                                                flag=flag, threshold=thr):
+                        out.alerts.append((key, encode_record(event, self.fmt)))
+                        if keep_dicts:
+                            out.events.append(event)
+                        if event["event"] == "opened":
+                            metrics.EPISODES_OPENED.inc()
+            n += len(d.scores)
+            if len(d.scores):
+                self.source_gauges.update(d.source, float(d.scores[-1]), float(d.thresholds[-1]),
+                                          float(d.end_ts[-1]))
+        for g in prepared.groups.values():
+            g.served.windows_metric.inc(len(g.sources))
+        metrics.EPISODES_OPEN.set(sum(s.tracker.is_open for s in self.sources.values()))
         return out
 
     def states(self, touched: dict[str, int]) -> dict[str, tuple[int, bytes]]:
@@ -263,14 +564,52 @@ class Detector:
         """
         out = {}
         for source, partition in touched.items():
-            state = {"windows": self.router.state(source, binary=True), "episode": self._tracker(source).state}
-            self._saved.pop(source, None)  # router and tracker now hold it; keep idle sources small
+            st = self.sources.get(source)
+            if st is None:
+                continue
+            w = st.windows.state(binary=True)
+            w["channels"] = st.served.fingerprint
+            state = {"model": st.served.name, "version": st.served.version, "channels": st.served.fingerprint,
+                     "windows": w, "episode": st.tracker.state, "spec": st.spec}
+            if not st.static:
+                state["threshold"] = st.threshold.state()
+                state["pending"] = st.pending.state()
             out[source] = (partition, encode_state(state))
         return out
 
-    def process(self, messages: Sequence[InMessage]) -> Outgoing:
+    def process(self, messages: Sequence[InMessage], keep_dicts: bool = False) -> Outgoing:
         """All three steps in one call (tests, offline use)."""
         prepared = self.ingest(messages)
-        out = self.finish(prepared, *self.score(prepared))
+        out = self.finish(prepared, self.score(prepared), keep_dicts=keep_dicts)
         out.states = self.states(prepared.touched)
         return out
+
+    def process_points(self, source: str, ts: Sequence[float] | np.ndarray,
+                       values: dict[str, Sequence[float]]) -> tuple[list[dict], list[dict]]:
+        """River-style: one source's points in, ``(score records, alert events)`` out, as dicts.
+
+        ``values`` maps channel names to sequences as long as ``ts`` (the batch message form).
+        Invalid input raises :class:`~stream_detector.codec.InvalidMessage`.
+        """
+        from .codec import encode_points
+
+        st = self.sources.get(source)
+        offset = (st.windows.last_offset + 1) if st is not None and st.windows.last_offset is not None else 0
+        msg = InMessage(source.encode(), encode_points(list(map(float, ts)), values), "direct", 0, offset)
+        out = self.process([msg], keep_dicts=True)
+        if out.dead_letters:
+            from .codec import decode_record
+
+            rec = decode_record(out.dead_letters[0][1])
+            raise InvalidMessage(rec["reason"], rec["detail"])
+        return out.records, out.events
+
+
+def repository_from_config(cfg: WorkerConfig) -> ModelRepository:
+    from .config import ConfigError
+
+    if cfg.model_repository:
+        return ModelRepository(root=cfg.model_repository)
+    if cfg.model_dir:
+        return ModelRepository(single=cfg.model_dir)
+    raise ConfigError("config key 'model_repository' (or 'model_dir' for one model): where the models are")

@@ -21,8 +21,8 @@ from .card import write_card
 from .errors import DataError
 from .export import AnomalyScorer, export_onnx
 from .nets import count_flops
-from .scoring import Scorer, sliding_windows
-from .threshold import quantile_threshold
+from .scoring import sliding_windows
+from .threshold import pot_threshold, quantile_threshold
 from .training import TrainConfig, config_dict, train
 from .transforms import WindowTransform, fit_normalisation
 
@@ -62,14 +62,52 @@ def _windows(parts: list[np.ndarray], window: int, stride: int) -> np.ndarray:
     return np.concatenate([sliding_windows(p, window, stride) for p in parts])
 
 
+def _onnx_scores(onnx_path: Path, windows: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Window scores from the exported graph with ONNX Runtime (what the worker will run)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["score"], {"window": np.ascontiguousarray(windows[i:i + chunk], np.float32)})[0]
+                           for i in range(0, len(windows), chunk)])
+
+
+def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.995, release_quantile: float = 0.95,
+                   params: dict | None = None) -> dict:
+    """The card's ``threshold``: the method the worker applies, its parameters, and the held-out
+    quantile calibration (``value``, ``release``) that every card carries.
+
+    ``pot`` replaces ``value`` by the extreme-value level fitted on the same scores; the adaptive
+    methods (``telemanom``, ``dynamic``, ``likelihood``) set their level from each source's own
+    stream and record their parameters (defaults from :mod:`stream_detector.adaptive`)."""
+    from .adaptive import DEFAULTS, make_threshold
+
+    spec = quantile_threshold(calib_scores, quantile, release_quantile)
+    if method not in ("quantile", "pot", *DEFAULTS):
+        raise ValueError(f"--threshold {method!r}: expected quantile, pot, {', '.join(DEFAULTS)}")
+    if method == "pot":
+        pot = pot_threshold(calib_scores, **(params or {}))
+        spec.update(method="pot", value=max(pot["value"], spec["release"]), pot=pot)
+    elif method != "quantile":
+        spec = {"method": method, **DEFAULTS[method], **(params or {}), "value": spec["value"],
+                "release": spec["release"], "calibration": spec}
+    make_threshold(spec, 1)  # refuses unknown or bad parameters now, not in the worker
+    return spec
+
+
 def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str], out_dir: Path, *, window: int,
                      stride: int, transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
                      version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
-                     progress: bool = True) -> dict:
+                     progress: bool = True, threshold: str = "quantile", threshold_params: dict | None = None) -> dict:
     """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
     pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
-    plots to ``out_dir``."""
+    plots to ``out_dir``.
+
+    ``threshold`` is the method the worker applies (:func:`threshold_spec`); the held-out
+    quantile calibration is always recorded (``value``/``release``), as the static level and
+    as a reference scale for the adaptive methods."""
     segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
     train_parts, calib_parts = _split_segments(segments, window, train_fraction, source)
     n = sum(len(v) for v in segments)
@@ -95,7 +133,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         "normalisation": stats, "allow_imputation": False,
         "score": {"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)", "kappa": cfg.kappa,
                   "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
-        "threshold": {"value": float("inf"), "release": float("inf")},  # placeholder until calibrated below
+        "threshold": None,  # calibrated below
         "graph": {"inputs": {"window": ["batch", window, len(channels)]},
                   "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
                               "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
@@ -106,14 +144,12 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
                      "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
         "libraries": library_versions(),
     }
-    # Calibrate on the held-out normal windows with the exported graph itself.
-    write_card(out_dir, dict(card, threshold={"value": 0.0, "release": 0.0}))
-    ort_scorer = Scorer(out_dir)
-    calib_windows = _windows(calib_parts, window, 1)
-    calib_scores = np.concatenate([ort_scorer.score(calib_windows[i:i + 512])[0] for i in range(0, len(calib_windows), 512)])
-    train_windows = _windows(train_parts, window, train_stride)
-    train_scores = np.concatenate([ort_scorer.score(train_windows[i:i + 512])[0] for i in range(0, len(train_windows), 512)])
-    card["threshold"] = quantile_threshold(calib_scores, threshold_quantile, release_quantile)
+    # Calibrate on the held-out normal windows with the exported graph itself (in memory: the
+    # card is written once, complete).
+    calib_scores = _onnx_scores(out_dir / "model.onnx", _windows(calib_parts, window, 1))
+    train_scores = _onnx_scores(out_dir / "model.onnx", _windows(train_parts, window, train_stride))
+    card["threshold"] = threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile,
+                                       threshold_params)
     card["validation"] = {
         "calibration_score_median": float(np.median(calib_scores)),
         "calibration_score_p99": float(np.quantile(calib_scores, 0.99)),

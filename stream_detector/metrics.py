@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 MESSAGES = Counter("stream_detector_messages", "Input messages by outcome (ok, dead_letter, redelivered).", ["status"])
 POINTS = Counter("stream_detector_points", "Telemetry points by outcome (ok, dead_letter, redelivered).", ["status"])
 DEAD_LETTERS = Counter("stream_detector_dead_letters", "Messages sent to the dead-letter topic, by reason.", ["reason"])
-WINDOWS = Counter("stream_detector_windows_scored", "Windows scored by the model.")
+WINDOWS = Counter("stream_detector_windows_scored", "Windows scored, by model name.", ["model"])
 ANOMALIES = Counter("stream_detector_anomalous_windows", "Scored windows at or above the threshold.")
 EPISODES_OPENED = Counter("stream_detector_alert_episodes_opened", "Alert episodes opened.")
 EPISODES_OPEN = Gauge("stream_detector_alert_episodes_open", "Alert episodes currently open (this worker).")
@@ -27,13 +27,19 @@ SCORE = Histogram("stream_detector_window_score", "Anomaly score of each window 
                   buckets=(1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100))
 BATCH_SIZE = Histogram("stream_detector_inference_batch_windows", "Windows per ONNX Runtime call.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-INFERENCE = Histogram("stream_detector_inference_duration_seconds", "Duration of one ONNX Runtime call.",
-                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+INFERENCE = Histogram("stream_detector_inference_duration_seconds", "Duration of one ONNX Runtime call, by model name.",
+                      ["model"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 LATENCY = Histogram("stream_detector_end_to_end_latency_seconds",
                     "From the timestamp of a window's last point to the publication of its score.",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 SOURCES = Gauge("stream_detector_sources", "Sources with window state on this worker.")
-MODEL = Info("stream_detector_model", "The model being served and the ONNX Runtime provider running it.")
+# Model names come from the repository the operator lays out, so the ``model`` label is bounded.
+MODEL = Info("stream_detector_model", "Each model served: version, ONNX Runtime provider, window, threshold method.",
+             ["model"])
+MODEL_VERSION = Gauge("stream_detector_model_version", "The version of each model being served.", ["model"])
+MODEL_VERSIONS_REFUSED = Counter("stream_detector_model_versions_refused",
+                                 "Model version directories refused (incomplete, corrupt or tampered); the previous "
+                                 "version keeps serving.", ["model"])
 # The children the worker touches for every message, looked up once.
 MESSAGES_OK = MESSAGES.labels("ok")
 MESSAGES_REDELIVERED = MESSAGES.labels("redelivered")

@@ -42,7 +42,11 @@ def choose_providers(prefer: list[str] | None = None) -> list[str]:
 class Scorer:
     """An exported model ready to score batches of raw windows."""
 
-    def __init__(self, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 spinning: bool = True):
+        """``spinning=False`` (the worker): ONNX Runtime's intra-op threads sleep after each call
+        instead of spinning.  The model runs on one executor thread beside the event loop, and
+        on a 2-core worker spinning threads took the core that decoding and Kafka I/O needed."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -59,6 +63,9 @@ class Scorer:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), sess_options=opts,
                                                 providers=choose_providers(providers))

@@ -51,19 +51,15 @@ async def ensure_topics(cfg: WorkerConfig, timeout: float = 20.0) -> None:
 
 
 def run_worker(cfg: WorkerConfig, loglevel: str | None = None) -> None:
-    """Load the model (refusing a bad one now), declare topics and run Faust until stopped."""
+    """Load the models (refusing a bad repository now), declare topics and run Faust until stopped."""
     import faust
 
     from .app import create_app
-    from .scoring import Scorer
+    from .detector import Detector
 
-    if not cfg.model_dir:
-        from .config import ConfigError
-
-        raise ConfigError("config key 'model_dir': a model directory is required")
-    scorer = Scorer(cfg.model_dir)
+    detector = Detector(cfg)
     asyncio.run(ensure_topics(cfg))
-    app = create_app(cfg, scorer)
+    app = create_app(cfg, detector)
     worker = faust.Worker(app, loglevel=(loglevel or cfg.log_level).upper(), quiet=True)
     worker.execute_from_commandline()
 
@@ -91,6 +87,8 @@ class WorkerProcess:
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(self.cfg).items() if v is not None}
+        if settings.get("routes"):
+            settings["routes"] = [r.to_dict() for r in settings["routes"]]
         self.config_path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:

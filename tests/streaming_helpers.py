@@ -114,10 +114,12 @@ def expected_starts(n_points: int, window: int, stride: int, offset: int = 0) ->
 
 
 def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    """The value of one sample in a Prometheus exposition (0 when absent); without labels, the
+    sum over every label set of ``name``."""
+    if not labels:
+        return sum(float(v) for v in re.findall(re.escape(name) + r"(?:\{[^}]*\})? ([0-9.eE+-]+)$", text, re.M))
     lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(lab) + r"\}" if lab else "") + r" ([0-9.eE+-]+)$"
-    m = re.search(pattern, text, re.M)
+    m = re.search(re.escape(name) + r"\{" + re.escape(lab) + r"\} ([0-9.eE+-]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
