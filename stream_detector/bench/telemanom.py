@@ -49,7 +49,7 @@ DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, 
                       encoder_iterations=1500, encoder_mode="izi_f", kappa=1.0, max_seconds=25.0, channels="0",
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
                       telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
-                      telemanom_inverse=True, merge_gap=0, seed=0)
+                      telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, seed=0)
 
 
 def channel_ids(data_dir: Path, spacecraft: str | None) -> list[str]:
@@ -123,21 +123,12 @@ def run_channel(task: dict) -> dict:
 def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
     """Thresholds and event counts for one channel from its saved raw scores (no training):
     shared by a full run and by ``--rescore``."""
-    from ..data import load_ranges
-    from ..evaluation.metrics import auprc, mask_from_ranges, roc_auc
-    from ..threshold import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
+    from ..evaluation.metrics import auprc, roc_auc
 
     scores = np.asarray(saved["test_scores"], dtype=np.float64)
-    calib = np.asarray(saved["calibration_scores"], dtype=np.float64)
-    ranges = load_ranges(str(Path(data) / "labeled_anomalies.csv"), len(scores), chan)
-    labels = mask_from_ranges(ranges, len(scores))
-    thresholds = {"quantile": float(saved["quantile_threshold"]),
-                  "pot": pot_threshold(calib, risk=c["pot_risk"])["value"]}
+    ranges, labels = _labels(data, chan, len(scores))
+    thresholds, flags = method_flags(saved, c)
     finite = np.isfinite(scores)
-    release = float(saved["release"])  # episodes close below it, as in the worker
-    flags = {m: hysteresis_flags(scores, t, release) for m, t in thresholds.items()}
-    flags["dynamic"] = dynamic_threshold_flags(scores, **_dynamic_kwargs(c))
-    flags["telemanom"] = telemanom_flags(scores, **_telemanom_kwargs(c))
     y, s = labels[finite], scores[finite]
     both = y.any() and not y.all()
     return {"channel": chan, "points": int(len(scores)), "train_points": int(saved["train_points"]),
@@ -148,6 +139,31 @@ def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
             "methods": {m: _event_report(labels, flags[m], c["merge_gap"]) for m in METHODS}}
 
 
+def _labels(data: Path, chan: str, n: int) -> tuple[list, np.ndarray]:
+    from ..data import load_ranges
+    from ..evaluation.metrics import mask_from_ranges
+
+    ranges = load_ranges(str(Path(data) / "labeled_anomalies.csv"), n, chan)
+    return ranges, mask_from_ranges(ranges, n)
+
+
+def method_flags(saved: dict, c: dict, methods: tuple[str, ...] = METHODS) -> tuple[dict, dict]:
+    """``(static thresholds, per-point flags per method)`` from a channel's saved raw scores."""
+    from ..threshold import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
+
+    scores = np.asarray(saved["test_scores"], dtype=np.float64)
+    calib = np.asarray(saved["calibration_scores"], dtype=np.float64)
+    thresholds = {"quantile": float(saved["quantile_threshold"]),
+                  "pot": pot_threshold(calib, risk=c["pot_risk"])["value"]}
+    release = float(saved["release"])  # episodes close below it, as in the worker
+    flags = {m: hysteresis_flags(scores, t, release) for m, t in thresholds.items() if m in methods}
+    if "dynamic" in methods:
+        flags["dynamic"] = dynamic_threshold_flags(scores, **_dynamic_kwargs(c))
+    if "telemanom" in methods:
+        flags["telemanom"] = telemanom_flags(scores, **_telemanom_kwargs(c))
+    return thresholds, flags
+
+
 def _dynamic_kwargs(c: dict) -> dict:
     return {"history": c["dynamic_history"], "step": c["dynamic_step"]}
 
@@ -156,7 +172,7 @@ def _telemanom_kwargs(c: dict) -> dict:
     d = {**DEFAULT_CONFIG, **c}  # configurations saved before these keys existed get the defaults
     return {"batch_size": d["telemanom_batch"], "window_size": d["telemanom_windows"],
             "smoothing_perc": d["telemanom_smoothing"], "error_buffer": d["telemanom_buffer"], "p": d["telemanom_p"],
-            "inverse": d["telemanom_inverse"]}
+            "l_s": d["telemanom_l_s"], "inverse": d["telemanom_inverse"]}
 
 
 def rescore_channel(task: dict) -> dict:
@@ -259,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore", metavar="DIR",
                    help="re-apply the thresholds to the raw scores saved by an earlier run in DIR (its --models "
                         "folder: <chan>/scores.npz and config.json); nothing is trained")
+    v = p.add_argument_group("via the worker", "--via-worker --models DIR: send the test splits through the real "
+                             "worker (embedded broker, model repository, one route per channel) and compare its "
+                             "detections with the offline ones on the same models; writes <name>_via_worker.json/.md")
+    v.add_argument("--via-worker", action="store_true",
+                   help="run the test splits through the worker with the models of an earlier run (--models DIR)")
+    v.add_argument("--via-worker-method", choices=VIA_WORKER_METHODS, default="telemanom",
+                   help="threshold the worker applies (default telemanom)")
+    v.add_argument("--stride", type=int, default=1, help="points between windows in the worker (default 1)")
+    v.add_argument("--max-points", type=int, help="only the first N test points of each channel (smoke runs)")
+    v.add_argument("--batch-points", type=int, default=500, help="points per input message (default 500)")
+    v.add_argument("--worker-timeout", type=float, default=1800.0,
+                   help="seconds to wait for the worker's records before reporting what is missing")
     return p
 
 
@@ -278,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["encoder_iterations"] = a.iterations
     chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
     chans = chans[: a.limit] if a.limit else chans
+    if a.via_worker:
+        return via_worker_main(a, data, cfg, chans)
     if a.rescore:
         models = Path(a.rescore)
         if not models.is_dir():
@@ -331,6 +361,205 @@ def main(argv: list[str] | None = None) -> int:
     print("; ".join(f"{m}: event F1 {s[m]['f1']:.3f} (P {s[m]['precision']:.3f} R {s[m]['recall']:.3f})"
                     for m in METHODS) + f"; written to {out / name}.json/.md")
     return 0
+
+
+# -- the same models through the worker ------------------------------------------------------------
+VIA_WORKER_METHODS = ("telemanom", "dynamic", "quantile", "pot")
+
+
+def worker_threshold(method: str, c: dict, thresholds: dict) -> dict:
+    """The route threshold that makes the worker apply ``method`` as the offline run does."""
+    if method == "telemanom":
+        return {"method": "telemanom", **_telemanom_kwargs(c)}
+    if method == "dynamic":
+        return {"method": "dynamic", **_dynamic_kwargs(c)}
+    if method in ("quantile", "pot"):  # the card's release level closes episodes, as offline
+        return {"method": method, "value": float(thresholds[method])}
+    raise ValueError(f"no worker threshold for {method!r}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _span(flags: np.ndarray) -> list[int] | None:
+    idx = np.flatnonzero(flags)
+    return [int(idx[0]), int(idx[-1])] if len(idx) else None
+
+
+def compare_channel(chan: str, offline: np.ndarray, worker: np.ndarray, undecided: np.ndarray, labels: np.ndarray,
+                    merge_gap: int) -> dict:
+    """Offline and worker per-point flags of one channel side by side."""
+    off, wk = _event_report(labels, offline, merge_gap), _event_report(labels, worker, merge_gap)
+    differ = offline != worker
+    return {"channel": chan, "points": int(len(offline)), "undecided_points": int(undecided.sum()),
+            "offline": off, "worker": wk, "same_detections": off["predicted"] == wk["predicted"],
+            "points_differing": int(differ.sum()),
+            "points_differing_where_decided": int((differ & ~undecided).sum()),
+            "offline_span": _span(offline), "worker_span": _span(worker),
+            "offline_flagged": int(offline.sum()), "worker_flagged": int(worker.sum())}
+
+
+def _totals(reports: list[dict]) -> dict:
+    from ..evaluation.metrics import f1_from_counts
+
+    counts = {k: sum(r[k] for r in reports) for k in ("tp", "fp", "fn")}
+    return {**f1_from_counts(counts),
+            "mean_point_adjusted_f1": float(np.mean([r["point_adjusted_f1"] for r in reports])) if reports else 0.0}
+
+
+def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[str]) -> int:
+    """``--via-worker``: the test splits through the real worker vs the offline thresholds."""
+    from ..card import load_card
+    from ..errors import UserError
+    from .via_worker import run_via_worker
+
+    if not a.models:
+        raise UserError("--via-worker needs --models DIR: the per-channel models of an earlier run "
+                        "(DIR/<chan>/model.onnx, model.json and scores.npz, and DIR/config.json)")
+    if a.stride < 1:
+        raise UserError(f"--stride must be a positive integer, got {a.stride}")
+    models = Path(a.models)
+    if not models.is_dir():
+        raise UserError(f"--models {models}: no such folder")
+    if (models / "config.json").exists():  # the run's own configuration; threshold keys may be newer
+        cfg = {**cfg, **json.loads((models / "config.json").read_text())}
+    chans = [ch for ch in chans if all((models / ch / f).exists() for f in ("model.onnx", "model.json", "scores.npz"))]
+    if not chans:
+        raise UserError(f"--models {models}: no <channel>/model.onnx + model.json + scores.npz there "
+                        "(the --models folder of an earlier 'bench telemanom' run)")
+    method = a.via_worker_method
+    started = time.monotonic()
+    series, saved, offline, thresholds, specs = {}, {}, {}, {}, {}
+    for ch in chans:
+        with np.load(models / ch / "scores.npz") as z:
+            sv = {k: z[k] for k in z.files}
+        test = np.load(data / "test" / f"{ch}.npy").astype(np.float32)
+        channels = load_card(models / ch)["channels"]
+        cols = [int(name[1:]) for name in channels] if all(n[:1] == "c" and n[1:].isdigit() for n in channels) \
+            else _columns(cfg["channels"], test.shape[1])
+        test = test[:, cols]
+        if a.max_points:
+            test = test[: a.max_points]
+            sv["test_scores"] = np.asarray(sv["test_scores"])[: a.max_points]
+        if len(sv["test_scores"]) != len(test):
+            raise UserError(f"{ch}: {models / ch / 'scores.npz'} holds {len(sv['test_scores'])} test scores but the "
+                            f"test split has {len(test)} points: not the models of this data")
+        series[ch], saved[ch] = test, sv
+        thresholds[ch], flags = method_flags(sv, cfg, (method,))
+        offline[ch] = flags[method]
+        specs[ch] = worker_threshold(method, cfg, thresholds[ch])
+    offline_rows = [evaluate_channel(ch, data, cfg, saved[ch]) for ch in chans]
+    offline_seconds = time.monotonic() - started
+    print(f"offline: {len(chans)} channels thresholded in {offline_seconds:.1f} s; sending them through the worker "
+          f"({method}, stride {a.stride})", flush=True)
+    run = run_via_worker({ch: models / ch for ch in chans}, series, specs, stride=a.stride,
+                         batch_points=a.batch_points, timeout=a.worker_timeout,
+                         progress=lambda m: print(m, flush=True))
+    per_channel = []
+    for ch in chans:
+        r = run.sources[ch]
+        worker_flags = r.episode_point_flags() if method in ("quantile", "pot") else r.point_flags()
+        _, labels = _labels(data, ch, len(series[ch]))
+        row = compare_channel(ch, offline[ch], worker_flags, r.undecided_points(), labels, cfg["merge_gap"])
+        row["worker_run"] = r.summary()
+        if a.stride == 1 and r.published:  # the worker's scores against the saved offline ones
+            row["max_score_difference"] = float(np.nanmax(np.abs(r.scores - np.asarray(
+                saved[ch]["test_scores"], dtype=np.float64)[r.end_idx])))
+            off_w = offline[ch][r.end_idx]
+            row["window_flag_mismatches"] = int((off_w != r.flags).sum()) if method not in ("quantile", "pot") \
+                else None
+        per_channel.append(row)
+    name = a.name or data.name.lower()
+    offline_totals = summarise(offline_rows)["methods"][method]
+    result = {
+        "dataset": name.upper(), "data": str(data), "models": str(models), "method": method, "stride": a.stride,
+        "threshold": run.threshold, "config": cfg, "max_points": a.max_points,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "worker": run.summary(),
+        "totals": {"offline": offline_totals, "worker": _totals([r["worker"] for r in per_channel])},
+        "channels_with_different_detections": [r["channel"] for r in per_channel if not r["same_detections"]],
+        "channels": per_channel,
+        "offline_all_methods": summarise(offline_rows),
+    }
+    if run.missing or run.timed_out:  # what the worker was doing when the wait gave up
+        result["worker_log_tail"] = run.worker_log_tail
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_via_worker"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(via_worker_markdown(result))
+    t = result["totals"]
+    print(f"{method}: event F1 offline {t['offline']['f1']:.3f}, via the worker {t['worker']['f1']:.3f}; "
+          f"{len(result['channels_with_different_detections'])} of {len(chans)} channels detect differently; "
+          f"written to {out / stem}.json/.md")
+    missing = run.missing
+    if missing:
+        print(f"worker records missing after {a.worker_timeout:.0f} s: {missing}", flush=True)
+    return 0
+
+
+def via_worker_markdown(result: dict) -> str:
+    t, w, m = result["totals"], result["worker"], result["machine"]
+    method = result["method"]
+    rows = result["channels"]
+    lines = [f"# {result['dataset']}: offline vs via the worker ({method} threshold, stride {result['stride']})", "",
+             f"The same per-channel models (`{result['models']}`) and test splits"
+             + (f" (first {result['max_points']} points)" if result.get("max_points") else "")
+             + ": offline, thresholded with the saved raw scores (`scores.npz`, stride 1); via the worker, "
+             f"sent as batch messages of {w['settings']['batch_points']} points through the embedded broker "
+             f"to the worker serving a model repository with one route per channel "
+             f"(`threshold: {json.dumps(result['threshold']) if len(json.dumps(result['threshold'])) < 300 else '...'}`"
+             f", stride {result['stride']}), its per-window decisions mapped to points as the offline run maps "
+             "window scores (a point takes the latest window ending at or before it; windows the worker "
+             "never decided, the last partial batch of a finite stream, count as not flagged).", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores. Worker: {w['windows']} windows published in "
+             f"{w['wall_seconds']:.1f} s ({w['windows_per_second']} windows/s, first message sent to last record "
+             f"read, all channels at once); whole comparison {result['wall_seconds']:.0f} s."
+             + (f" **Missing records** (timed out): {w['missing']}." if w["missing"] else ""), "",
+             "## Totals (event-level: tp/fp/fn summed over channels)", "",
+             "| run | precision | recall | event F1 | tp | fp | fn | mean point-adjusted F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in ("offline", "worker"):
+        x = t[run]
+        lines.append(f"| {run} | {x['precision']:.3f} | {x['recall']:.3f} | **{x['f1']:.3f}** | {x['tp']} | "
+                     f"{x['fp']} | {x['fn']} | {x['mean_point_adjusted_f1']:.3f} |")
+    diff = [r for r in rows if not r["same_detections"]]
+    lines += ["", f"## Channels whose detected ranges differ ({len(diff)} of {len(rows)})", ""]
+    if diff:
+        lines += ["| channel | offline tp/fp/fn | worker tp/fp/fn | offline first–last flagged | "
+                  "worker first–last flagged | points differing (where decided) | undecided tail points |",
+                  "|---|---|---|---|---|---|---|"]
+        span = lambda s: "—" if s is None else f"{s[0]}–{s[1]}"  # noqa: E731
+        for r in diff:
+            o, k = r["offline"], r["worker"]
+            lines.append(f"| {r['channel']} | {o['tp']}/{o['fp']}/{o['fn']} | {k['tp']}/{k['fp']}/{k['fn']} | "
+                         f"{span(r['offline_span'])} | {span(r['worker_span'])} | {r['points_differing']} "
+                         f"({r['points_differing_where_decided']}) | {r['undecided_points']} |")
+    else:
+        lines.append("None: every channel's detected ranges are the same offline and via the worker.")
+    if method == "dynamic":
+        lines += ["", "Note: `dynamic` steps by positions, missing scores included; offline it is fed the point "
+                      "scores, whose first window-1 points have no window (NaN), while the worker feeds it windows "
+                      "only, so the two step grids are shifted by window-1 points and decisions near step "
+                      "boundaries may differ."]
+    scored = [r for r in rows if "max_score_difference" in r]
+    if scored:
+        lines += ["", f"Largest difference between a worker score and the offline score of the same window: "
+                      f"{max(r['max_score_difference'] for r in scored):.3g}."]
+        mism = [r["window_flag_mismatches"] for r in scored if r.get("window_flag_mismatches") is not None]
+        if mism:
+            lines.append(f"Published windows whose flag differs from the offline flag of their end point: "
+                         f"{sum(mism)} (of {w['windows']}).")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
