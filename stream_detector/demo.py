@@ -1,10 +1,16 @@
 """``stream-detector demo``: the whole product on one machine, in about two minutes.
 
 Starts the embedded broker, runs the real worker (a separate process, as in production)
-with the bundled model, replays the test split of several NASA SMAP channels at once (one
-source each, paced so the replay fits the time budget, timestamps in step with the wall
-clock), shows scores and alert episodes live from the output topics, serves ``/metrics``,
-and ends with the detected episodes set against the labelled anomaly ranges.
+on the bundled model repository (``models/``: one model per demo channel, each flagging with
+telemanom's adaptive threshold, plus the pooled ``smap-demo`` model as the default route),
+replays the test split of several NASA SMAP channels at once (one source each, paced so the
+replay fits the time budget, timestamps in step with the wall clock), shows scores and alert
+episodes live from the output topics, serves ``/metrics``, and ends with the detected
+episodes set against the labelled anomaly ranges.
+
+The adaptive threshold decides windows in batches (telemanom: 70 windows at a time, after
+2,100 windows of history), so score records arrive in bursts and the last partial batch of
+each finite series is never decided; the summary counts the windows that get a decision.
 
 Nothing leaves loopback.  The point timestamps are ``t0 + i / rate``, so an episode's
 timestamps map back to indices of the series and can be compared with the labels.
@@ -26,7 +32,8 @@ import numpy as np
 from .errors import UserError
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data" / "smap_demo.npz"
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "smap-demo" / "1"
+MODEL_REPOSITORY = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "smap-demo"
 
 
 def load_demo_data(path: Path = DEMO_DATA) -> dict[str, tuple[np.ndarray, list[tuple[int, int]]]]:
@@ -47,14 +54,25 @@ class SourceView:
     anomalous: int = 0
     last_score: float = float("nan")
     open_since: int | None = None
+    threshold: float = float("nan")
     episodes: list[tuple[int, int | None, float]] = field(default_factory=list)  # start, end, peak
 
 
+def published_windows(points: int, window: int, stride: int, spec: dict) -> int:
+    """How many windows of a finite series of ``points`` get a decision (and a score record)."""
+    from .adaptive import make_threshold
+
+    n = max(0, (points - window) // stride + 1)
+    return len(make_threshold(spec, stride).update(np.zeros(n))[0])
+
+
 class Demo:
-    def __init__(self, data, rate: float, t0: float, window: int, stride: int, threshold: float):
-        self.rate, self.t0, self.window, self.stride, self.threshold = rate, t0, window, stride, threshold
+    def __init__(self, data, rate: float, t0: float, plan: dict[str, dict]):
+        """``plan``: per source, the model it is routed to (``model``, ``window``, ``stride``, ``spec``)."""
+        self.rate, self.t0, self.plan = rate, t0, plan
         self.view = {s: SourceView(len(v), r) for s, (v, r) in data.items()}
-        self.expected = {s: max(0, (len(v) - window) // stride + 1) for s, (v, _) in data.items()}
+        self.expected = {s: published_windows(len(v), plan[s]["window"], plan[s]["stride"], plan[s]["spec"])
+                         for s, (v, _) in data.items()}
         self.latencies: list[float] = []
 
     def index(self, ts: float) -> int:
@@ -64,6 +82,7 @@ class Demo:
         v = self.view[rec["source"]]
         v.windows += 1
         v.last_score = rec["score"]
+        v.threshold = rec["threshold"]
         v.anomalous += bool(rec["is_anomaly"])
         self.latencies.append(received - rec["end"])
 
@@ -80,13 +99,15 @@ class Demo:
         return all(self.view[s].windows >= n for s, n in self.expected.items())
 
     def table(self, elapsed: float) -> str:
-        lines = [f"stream-detector demo  {elapsed:5.0f} s   threshold {self.threshold:.4g}",
-                 f"{'source':8} {'windows':>13} {'anomalous':>9} {'last score':>11}  {'state':12} episodes"]
+        lines = [f"stream-detector demo  {elapsed:5.0f} s",
+                 f"{'source':8} {'model':10} {'windows':>13} {'anomalous':>9} {'last score':>11} {'threshold':>10}  "
+                 f"{'state':12} episodes"]
         for s, v in self.view.items():
             state = f"ALERT @{v.open_since}" if v.open_since is not None else "normal"
-            bar = "#" * min(20, int(10 * v.last_score / self.threshold)) if np.isfinite(v.last_score) else ""
-            lines.append(f"{s:8} {v.windows:6}/{self.expected[s]:<6} {v.anomalous:9} {v.last_score:11.4g}  "
-                         f"{state:12} {len(v.episodes):3}  {bar}")
+            ok = np.isfinite(v.last_score) and np.isfinite(v.threshold) and v.threshold > 0
+            bar = "#" * min(20, int(10 * v.last_score / v.threshold)) if ok else ""
+            lines.append(f"{s:8} {self.plan[s]['model']:10} {v.windows:6}/{self.expected[s]:<6} {v.anomalous:9} "
+                         f"{v.last_score:11.4g} {v.threshold:10.4g}  {state:12} {len(v.episodes):3}  {bar}")
         return "\n".join(lines)
 
     def summary(self) -> tuple[str, dict]:
@@ -149,8 +170,9 @@ async def _run(demo: Demo, data, bootstrap: str, cfg, live: bool, budget: float)
     # t0 is taken just before the replay starts: the latency then includes the producer's
     # start-up (tens of ms) but is never negative, as a t0 ahead of the sends made it.
     demo.t0 = time.time()
-    sources = [ReplaySource(s, Series(v, ["value"], timestamps=demo.t0 + np.arange(len(v)) / demo.rate), ["value"])
-               for s, (v, _) in data.items()]
+    # each source is sent with the channel name its model's card uses
+    sources = [ReplaySource(s, Series(v, demo.plan[s]["channels"], timestamps=demo.t0 + np.arange(len(v)) / demo.rate),
+                            demo.plan[s]["channels"]) for s, (v, _) in data.items()]
     stop = asyncio.Event()
     consumer = asyncio.create_task(_consume(bootstrap, [cfg.topic_scores, cfg.topic_alerts], demo, stop))
     sender = asyncio.create_task(replay(sources, bootstrap, cfg.topic_input, rate=demo.rate, batch=1))
@@ -182,15 +204,35 @@ async def _run(demo: Demo, data, bootstrap: str, cfg, live: bool, budget: float)
         print(demo.table(time.monotonic() - started), flush=True)
 
 
+def demo_plan(repository: Path, sources: list[str]) -> tuple[list, dict[str, dict]]:
+    """Routes (each source to the model of its own name, else the default) and, per source,
+    what it will be served with."""
+    from .repository import ModelRepository, parse_routes
+
+    served = ModelRepository(repository).scan()
+    if DEFAULT_MODEL not in served:
+        raise UserError(f"{repository}: the default demo model {DEFAULT_MODEL!r} is missing")
+    routes = parse_routes([{"sources": s, "model": s} for s in sources if s in served]
+                          + [{"sources": "*", "model": DEFAULT_MODEL}])
+    plan = {}
+    for s in sources:
+        card = served[s if s in served else DEFAULT_MODEL].card
+        if len(card["channels"]) != 1:
+            raise UserError(f"demo model {card['name']!r} must be univariate (the demo data is), it has "
+                            f"{len(card['channels'])} channels")
+        plan[s] = {"model": str(card["name"]), "window": int(card["window"]), "stride": int(card["stride"]),
+                   "spec": dict(card["threshold"]), "channels": list(card["channels"])}
+    return routes, plan
+
+
 def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: int = 9108, live: bool = True,
-             model_dir: Path = DEMO_MODEL) -> int:
+             repository: Path = MODEL_REPOSITORY) -> int:
     from .broker import EmbeddedBroker
-    from .card import load_card
     from .config import WorkerConfig
     from .worker import WorkerProcess, topic_plan
 
-    card = load_card(model_dir)
     data = load_demo_data()
+    routes, plan = demo_plan(repository, list(data))
     longest = max(len(v) for v, _ in data.values())
     rate = rate or longest / seconds
     if not _port_free(metrics_port):
@@ -200,16 +242,19 @@ def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: in
         metrics_port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="stream-detector-demo-"))
     with EmbeddedBroker(topics=topic_plan(WorkerConfig(partitions=4))) as broker:
-        cfg = WorkerConfig(broker=broker.url, model_dir=str(model_dir), metrics_port=metrics_port, partitions=4,
+        cfg = WorkerConfig(broker=broker.url, model_repository=str(repository), routes=routes,
+                           metrics_port=metrics_port, partitions=4,
                            broker_session_timeout_seconds=6, broker_heartbeat_interval_seconds=1,
                            broker_rebalance_timeout_seconds=3)
         worker = WorkerProcess(cfg, workdir)
-        print(f"broker {broker.bootstrap}; starting the worker with model {card['name']}:{card['version']} "
-              f"(log {worker.log_path})", flush=True)
+        print(f"broker {broker.bootstrap}; starting the worker on the model repository {repository} "
+              f"(log {worker.log_path}); routes: "
+              + ", ".join(f"{s} -> {p['model']} ({p['spec'].get('method', 'quantile')} threshold)"
+                          for s, p in plan.items()), flush=True)
         with worker:
             print(f"worker ready; metrics at {worker.metrics_url}; replaying {len(data)} SMAP channels "
                   f"({', '.join(data)}) at {rate:.0f} points/s each", flush=True)
-            demo = Demo(data, rate, time.time(), card["window"], card["stride"], card["threshold"]["value"])
+            demo = Demo(data, rate, time.time(), plan)
             asyncio.run(_run(demo, data, broker.bootstrap, cfg, live, budget=seconds + 45))
             text, _ = demo.summary()
             print(text)
