@@ -53,7 +53,7 @@ def build_model(smap: Path, out: Path, seconds: float, iterations: int) -> None:
     card = fit_series_model(segments, ["value"], out, window=64, stride=8, transform="sequence", cfg=cfg,
                             name="smap-demo", version=out.name, source=f"{smap}/train/*.npy column 0 "
                             f"({len(segments)} channels pooled)", progress=True)
-    print(f"{out}: threshold {card['threshold']['value']:.5g}, trained {card['training']['seconds']:.0f} s")
+    print(f"{out}: threshold {card.threshold['value']:.5g}, trained {card.training['seconds']:.0f} s")
 
 
 def copy_channel_models(bench_models: Path, root: Path, channels: list[str]) -> None:
@@ -61,6 +61,7 @@ def copy_channel_models(bench_models: Path, root: Path, channels: list[str]) -> 
     cards switched to the telemanom threshold calibrated on the run's saved held-out scores
     (exactly what ``--threshold telemanom`` writes); the ONNX files are unchanged."""
     import shutil
+    from dataclasses import replace
 
     from stream_detector.card import load_card, write_card
     from stream_detector.fit import threshold_spec
@@ -72,8 +73,8 @@ def copy_channel_models(bench_models: Path, root: Path, channels: list[str]) -> 
             calib = z["calibration_scores"]
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "model.onnx", dst / "model.onnx")
-        card["threshold"] = threshold_spec("telemanom", calib)
-        card["training"]["note"] = f"copied from the bench telemanom run in {bench_models}"
+        card = replace(card.with_threshold(threshold_spec("telemanom", calib)),
+                       training={**card.training, "note": "copied from a bench telemanom run (same configuration)"})
         write_card(dst, card)
         print(f"{dst}: from {src}, threshold telemanom")
 
@@ -92,7 +93,7 @@ def build_channel_models(smap: Path, root: Path, channels: list[str]) -> None:
         card = fit_series_model(train, ["value"], root / chan / "1", window=C["window"], stride=1,
                                 transform=C["transform"], cfg=cfg, train_fraction=1.0 - calib / len(train), name=chan,
                                 source=f"{smap.name}/train/{chan}.npy column 0", progress=False, threshold="telemanom")
-        print(f"{root / chan / '1'}: {card['threshold']['method']}, trained {card['training']['seconds']:.0f} s")
+        print(f"{root / chan / '1'}: {card.threshold_method}, trained {card.training['seconds']:.0f} s")
 
 
 def main() -> None:

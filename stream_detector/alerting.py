@@ -76,6 +76,13 @@ class EpisodeTracker:
             self.state = {}
         return events
 
+    def close(self, source: str, reason: str) -> dict:
+        """Close the open episode now, whatever the scores (e.g. the model's channels changed)."""
+        event = self._event("closed", source)
+        event["reason"] = reason
+        self.state = {}
+        return event
+
     def expire(self, source: str, now: float, silence_seconds: float) -> list[dict]:
         """Close an open episode of a source that has sent nothing for ``silence_seconds``."""
         if self.is_open and now - self.state["end"] >= silence_seconds:

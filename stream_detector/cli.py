@@ -65,9 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
-          f"{args.transform}, threshold method {card['threshold']['method']} (held-out q{args.threshold_quantile}: "
-          f"{card['threshold']['value']:.5g}), "
-          f"{card['graph']['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card['training']['seconds']:.0f} s")
+          f"{args.transform}, threshold method {card.threshold_method} (held-out q{args.threshold_quantile}: "
+          f"{card.threshold['value']:.5g}), "
+          f"{card.graph['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card.training['seconds']:.0f} s")
     return 0
 
 
@@ -234,7 +234,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.model:
         from .card import load_card
 
-        channels = list(load_card(args.model)["channels"])
+        channels = list(load_card(args.model).channels)
     if args.demo:
         from .data import Series
         from .demo import load_demo_data

@@ -217,11 +217,11 @@ def demo_plan(repository: Path, sources: list[str]) -> tuple[list, dict[str, dic
     plan = {}
     for s in sources:
         card = served[s if s in served else DEFAULT_MODEL].card
-        if len(card["channels"]) != 1:
-            raise UserError(f"demo model {card['name']!r} must be univariate (the demo data is), it has "
-                            f"{len(card['channels'])} channels")
-        plan[s] = {"model": str(card["name"]), "window": int(card["window"]), "stride": int(card["stride"]),
-                   "spec": dict(card["threshold"]), "channels": list(card["channels"])}
+        if len(card.channels) != 1:
+            raise UserError(f"demo model {card.name!r} must be univariate (the demo data is), it has "
+                            f"{len(card.channels)} channels")
+        plan[s] = {"model": card.name, "window": card.window, "stride": card.stride,
+                   "spec": {"method": card.threshold_method, **card.threshold}, "channels": list(card.channels)}
     return routes, plan
 
 

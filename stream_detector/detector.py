@@ -114,7 +114,10 @@ class Decided:
     channel_scores: np.ndarray
     flags: np.ndarray | None  # None: the static threshold decides (with hysteresis) in the tracker
     thresholds: np.ndarray
+    channels: tuple[str, ...]
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. likelihood per window
+    tracker: EpisodeTracker | None = None  # None: the source's; set for windows flushed at a switch
+    close_reason: str | None = None  # close the tracker's episode after these windows (channels changed)
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Prepared:
     touched: dict[str, int] = field(default_factory=dict)  # source -> input partition
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     flushed: list[Decided] = field(default_factory=list)  # decided at a version switch
+    closed: list[tuple[str, dict]] = field(default_factory=list)  # episodes closed by a switch
 
     @property
     def n_windows(self) -> int:
@@ -213,6 +217,8 @@ class Source:
     threshold: AdaptiveThreshold
     tracker: EpisodeTracker
     pending: Pending
+    channels: tuple[str, ...]  # of the version whose windows are pending (the served one after a switch)
+    version: int
 
     @property
     def static(self) -> bool:
@@ -268,8 +274,8 @@ class Detector:
             metrics.MODEL_VERSION.labels(name).set(served.version)
             metrics.MODEL.labels(name).info({"version": str(served.version), "provider": served.scorer.provider,
                                              "window": str(served.scorer.window), "stride": str(served.scorer.stride),
-                                             "transform": str(served.card.get("transform")),
-                                             "threshold": str(served.card["threshold"].get("method", "quantile"))})
+                                             "transform": served.card.transform,
+                                             "threshold": served.card.threshold_method})
             log.info("serving model %s version %s (%s)%s", name, served.version, served.scorer.provider,
                      f", replacing version {old.version}" if old else "")
 
@@ -283,12 +289,11 @@ class Detector:
 
     # -- sources ------------------------------------------------------------------------------
     def _threshold_spec(self, served: Served, route: Route) -> dict:
-        card = dict(served.card["threshold"])
-        card.setdefault("method", "quantile")
+        card_spec = {"method": served.card.threshold_method, **served.card.threshold}
         if not route.threshold:
-            spec = card
+            spec = card_spec
         else:
-            spec = {"value": card["value"], "release": card["release"], **route.threshold}
+            spec = {"value": card_spec["value"], "release": card_spec["release"], **route.threshold}
         if spec["method"] in STATIC_METHODS:
             if self.cfg.alert_release_threshold is not None:
                 spec["release"] = self.cfg.alert_release_threshold
@@ -300,32 +305,38 @@ class Detector:
         return route.stride or self.cfg.stride or served.scorer.stride
 
     def _new_source(self, route: Route, served: Served, saved: dict) -> Source:
-        stride = self._stride(served, route)
-        spec = self._threshold_spec(served, route)
-        same_model = saved.get("model") == served.name
+        """The source as it was saved (same model name: its windows, stride, threshold spec and
+        state, pending windows, episode), or fresh.  :meth:`_reconcile` then brings it in line
+        with what is served and configured now.  A state written before model repositories
+        existed has no model name and belongs to the one model served then."""
+        channels = tuple(saved.get("channel_names") or served.channels)
+        same_model = saved.get("model", served.name) == served.name
+        stride = int(saved.get("stride") or self._stride(served, route)) if same_model else self._stride(served, route)
+        spec = saved.get("spec") if same_model and isinstance(saved.get("spec"), dict) else None
+        spec = spec or self._threshold_spec(served, route)
         windows = None
         w = saved.get("windows") if same_model else None
         if w and w.get("channels") == served.fingerprint:
             try:
                 windows = SourceWindows.from_state(w)
-                if not windows.compatible_with(served.scorer.window, stride, len(served.channels)):
-                    windows = None
             except (ValueError, AttributeError, KeyError, TypeError):
                 windows = None
-        if windows is None:
+        if windows is None or not windows.compatible_with(served.scorer.window, stride, len(served.channels)):
             windows = SourceWindows(served.scorer.window, stride, len(served.channels), self.cfg.max_gap_seconds)
         windows.max_gap_seconds = self.cfg.max_gap_seconds  # configuration wins over the saved value
-        keep_threshold = same_model and saved.get("spec") == spec and saved.get("channels") == served.fingerprint
         try:
-            threshold = make_threshold(spec, stride, state=saved.get("threshold") if keep_threshold else None)
-        except (ValueError, KeyError, TypeError):
-            threshold = make_threshold(spec, stride)
-            keep_threshold = False
-        pending = Pending.from_state(saved.get("pending") if keep_threshold else None, len(served.channels))
+            threshold = make_threshold(spec, stride, state=saved.get("threshold") if same_model else None)
+            pending = Pending.from_state(saved.get("pending") if same_model else None, len(channels))
+        except (ValueError, KeyError, TypeError):  # unreadable: decisions restart (logged, counted nowhere else)
+            log.warning("threshold state of a source could not be restored; its procedure starts afresh")
+            threshold, pending = make_threshold(spec, stride), Pending(len(channels))
         if len(pending) != threshold.pending:  # the two must agree, or decisions would misalign
-            threshold, pending = make_threshold(spec, stride), Pending(len(served.channels))
-        tracker = self._tracker(served, spec, saved.get("episode") if same_model else None)
-        return Source(route, served, stride, windows, spec, threshold, tracker, pending)
+            threshold, pending = make_threshold(spec, stride), Pending(len(channels))
+        tracker = EpisodeTracker(float(spec["value"]), float(spec.get("release", spec["value"])), list(channels),
+                                 self.cfg.alert_quiet_seconds, self.cfg.alert_top_channels,
+                                 state=dict(saved.get("episode") or {}) if same_model else {})
+        version = int(saved.get("version", served.version)) if same_model else served.version
+        return Source(route, served, stride, windows, spec, threshold, tracker, pending, channels, version)
 
     def _tracker(self, served: Served, spec: dict, state: dict | None) -> EpisodeTracker:
         value = float(spec.get("value", math.inf))
@@ -334,7 +345,7 @@ class Detector:
                               self.cfg.alert_top_channels, state=dict(state or {}))
 
     def _source(self, source: str, prepared: Prepared) -> Source:
-        """The source's state, routed, loaded and switched to the served version; raises
+        """The source's state, routed, loaded and brought to the served version; raises
         ``InvalidMessage('no_model')`` when no route or no servable model takes it."""
         st = self.sources.get(source)
         route = st.route if st is not None else self.routes.route(source, self.served)
@@ -347,30 +358,38 @@ class Detector:
         if st is None:
             st = self._new_source(route, served, decode_state(self._load_state(source)) or {})
             self.sources[source] = st
+            self._reconcile(source, st, served, prepared)
         elif st.served is not served:
-            st = self._switch(source, st, served, prepared)
+            self._reconcile(source, st, served, prepared)
         return st
 
-    def _switch(self, source: str, st: Source, served: Served, prepared: Prepared) -> Source:
-        """Move a source to a new version at a window boundary (see the module docstring)."""
-        spec = self._threshold_spec(served, st.route)
-        stride = self._stride(served, st.route)
-        if spec != st.spec or served.fingerprint != st.served.fingerprint:
-            flags, thresholds = st.threshold.flush()
+    def _reconcile(self, source: str, st: Source, served: Served, prepared: Prepared) -> None:
+        """Move a source to ``served`` and today's threshold and stride, at a window boundary (see
+        the module docstring): nothing decided twice, nothing pending dropped."""
+        spec, stride = self._threshold_spec(served, st.route), self._stride(served, st.route)
+        same_channels = tuple(served.channels) == st.channels
+        old_tracker, flushed = st.tracker, None
+        if spec != st.spec or stride != st.stride or not same_channels:
+            flags, thresholds = st.threshold.flush()  # the old procedure decides what it holds
             if len(flags):
-                prepared.flushed.append(self._decided(source, st, len(flags), flags, thresholds))
+                flushed = self._decided(source, st, len(flags), flags, thresholds)
+                flushed.tracker = old_tracker
+                prepared.flushed.append(flushed)
             st.threshold, st.pending, st.spec = make_threshold(spec, stride), Pending(len(served.channels)), spec
-        if served.fingerprint != st.served.fingerprint:
-            st.tracker = self._tracker(served, spec, None)  # channel shares of another list mean nothing
+        if not same_channels:
+            # The old episode (shares over another channel list) ends with the old windows.
+            if flushed is not None:
+                flushed.close_reason = "model_changed"
+            elif old_tracker.is_open:
+                prepared.closed.append((source, old_tracker.close(source, "model_changed")))
+            st.tracker = self._tracker(served, spec, None)
         else:
             st.tracker = self._tracker(served, spec, st.tracker.state)
-        if not st.windows.compatible_with(served.scorer.window, stride, len(served.channels)) or \
-                served.fingerprint != st.served.fingerprint:
+        if not same_channels or not st.windows.compatible_with(served.scorer.window, stride, len(served.channels)):
             offset = st.windows.last_offset
             st.windows = SourceWindows(served.scorer.window, stride, len(served.channels), self.cfg.max_gap_seconds)
             st.windows.last_offset = offset
-        st.served, st.stride = served, stride
-        return st
+        st.served, st.stride, st.channels, st.version = served, stride, tuple(served.channels), served.version
 
     def forget(self, sources: Sequence[str] | None = None) -> None:
         """Drop in-memory state (partitions revoked): it is reloaded from the table on next use."""
@@ -479,7 +498,7 @@ class Detector:
         lik = getattr(st.threshold, "last_likelihoods", None)
         if lik is not None and len(lik) == k:
             extra["likelihood"] = np.asarray(lik)
-        return Decided(source, st.served.name, versions, start, end, scores, chs, flags, thresholds, extra)
+        return Decided(source, st.served.name, versions, start, end, scores, chs, flags, thresholds, st.channels, extra)
 
     def decide(self, prepared: Prepared, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Decided]:
         """Feed each source's new window scores to its threshold procedure, in order; returns the
@@ -497,7 +516,8 @@ class Detector:
                 if st.static:  # decided now, with hysteresis, by the episode tracker
                     thr = np.full(len(ix), st.spec["value"])
                     out.append(Decided(source, g.served.name, np.full(len(ix), g.served.version, np.int32),
-                                       starts[ix], ends[ix], scores[ix], channel_scores[ix], None, thr))
+                                       starts[ix], ends[ix], scores[ix], channel_scores[ix], None, thr,
+                                       st.channels))
                     continue
                 st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix])
                 flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
@@ -510,11 +530,20 @@ class Detector:
         """Score records, alert events and dead letters of one part (no state: see :meth:`states`)."""
         out = Outgoing(dead_letters=prepared.dead_letters)
         now = time.time()
-        n = 0
+
+        def alert(key: bytes, event: dict) -> None:
+            out.alerts.append((key, encode_record(event, self.fmt)))
+            if keep_dicts:
+                out.events.append(event)
+            if event["event"] == "opened":
+                metrics.EPISODES_OPENED.inc()
+
+        for source, event in prepared.closed:
+            alert(source.encode(), event)
         for d in self.decide(prepared, scored):
             st = self.sources.get(d.source)
-            channels = st.served.channels if st else []
-            tracker = st.tracker if st else None
+            channels = d.channels
+            tracker = d.tracker or (st.tracker if st else None)
             key = d.source.encode()
             for i in range(len(d.scores)):
                 score, thr = float(d.scores[i]), float(d.thresholds[i])
@@ -541,12 +570,9 @@ class Detector:
                     flag = None if d.flags is None else bool(anomalous)
                     for event in tracker.update(d.source, d.start_ts[i], d.end_ts[i], score, d.channel_scores[i],
                                                 flag=flag, threshold=thr):
-                        out.alerts.append((key, encode_record(event, self.fmt)))
-                        if keep_dicts:
-                            out.events.append(event)
-                        if event["event"] == "opened":
-                            metrics.EPISODES_OPENED.inc()
-            n += len(d.scores)
+                        alert(key, event)
+            if d.close_reason and tracker is not None and tracker.is_open:
+                alert(key, tracker.close(d.source, d.close_reason))
             if len(d.scores):
                 self.source_gauges.update(d.source, float(d.scores[-1]), float(d.thresholds[-1]),
                                           float(d.end_ts[-1]))
@@ -570,10 +596,12 @@ class Detector:
             w = st.windows.state(binary=True)
             w["channels"] = st.served.fingerprint
             state = {"model": st.served.name, "version": st.served.version, "channels": st.served.fingerprint,
-                     "windows": w, "episode": st.tracker.state, "spec": st.spec}
+                     "stride": st.stride, "windows": w, "episode": st.tracker.state, "spec": st.spec}
             if not st.static:
                 state["threshold"] = st.threshold.state()
                 state["pending"] = st.pending.state()
+                if len(st.pending):  # to decide them under their own channel names after a change
+                    state["channel_names"] = list(st.channels)
             out[source] = (partition, encode_state(state))
         return out
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .card import write_card
+from .card import ModelCard, write_card
 from .errors import DataError
 from .export import AnomalyScorer, export_onnx
 from .nets import count_flops
@@ -100,7 +100,8 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
                      stride: int, transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
                      version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
-                     progress: bool = True, threshold: str = "quantile", threshold_params: dict | None = None) -> dict:
+                     progress: bool = True, threshold: str = "quantile",
+                     threshold_params: dict | None = None) -> ModelCard:
     """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
     pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
     plots to ``out_dir``.
@@ -126,39 +127,37 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 
-    card = {
-        "name": name, "version": str(version), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "channels": list(channels), "window": window, "stride": stride, "transform": transform,
-        "plot_size": plot_size if transform != "sequence" else None,
-        "normalisation": stats, "allow_imputation": False,
-        "score": {"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)", "kappa": cfg.kappa,
-                  "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
-        "threshold": None,  # calibrated below
-        "graph": {"inputs": {"window": ["batch", window, len(channels)]},
-                  "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
-                              "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
-                  "flops_per_window": flops},
-        "training": {"config": config_dict(cfg), "source": source, "points": n, "segments": len(segments), "train_points": split,
-                     "calibration_points": n - split, "train_windows": int(len(x)), "train_window_stride": train_stride,
-                     "seconds": round(time.monotonic() - started, 2), "stopped_early_by_budget": nets.stopped_early,
-                     "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
-        "libraries": library_versions(),
-    }
-    # Calibrate on the held-out normal windows with the exported graph itself (in memory: the
-    # card is written once, complete).
+    # Calibrate on the held-out normal windows with the exported graph itself, in memory: the
+    # card is built once, complete, and written once.
     calib_scores = _onnx_scores(out_dir / "model.onnx", _windows(calib_parts, window, 1))
     train_scores = _onnx_scores(out_dir / "model.onnx", _windows(train_parts, window, train_stride))
-    card["threshold"] = threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile,
-                                       threshold_params)
-    card["validation"] = {
-        "calibration_score_median": float(np.median(calib_scores)),
-        "calibration_score_p99": float(np.quantile(calib_scores, 0.99)),
-        "train_score_median": float(np.median(train_scores)),
-        "train_score_p99": float(np.quantile(train_scores, 0.99)),
-        "final_wasserstein": nets.history["wasserstein"][-1] if nets.history["wasserstein"] else None,
-        "final_encoder_loss": nets.history["encoder"][-1] if nets.history["encoder"] else None,
-    }
-    card["training"]["seconds"] = round(time.monotonic() - started, 2)
+    card = ModelCard(
+        name=name, version=str(version), channels=tuple(channels), window=window, stride=stride, transform=transform,
+        normalisation=stats, allow_imputation=False,
+        threshold=threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile, threshold_params),
+        plot_size=plot_size if transform != "sequence" else None,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        score={"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)", "kappa": cfg.kappa,
+               "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
+        graph={"inputs": {"window": ["batch", window, len(channels)]},
+               "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
+                           "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
+               "flops_per_window": flops},
+        training={"config": config_dict(cfg), "source": source, "points": n, "segments": len(segments),
+                  "train_points": split, "calibration_points": n - split, "train_windows": int(len(x)),
+                  "train_window_stride": train_stride, "seconds": round(time.monotonic() - started, 2),
+                  "stopped_early_by_budget": nets.stopped_early,
+                  "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
+        validation={
+            "calibration_score_median": float(np.median(calib_scores)),
+            "calibration_score_p99": float(np.quantile(calib_scores, 0.99)),
+            "train_score_median": float(np.median(train_scores)),
+            "train_score_p99": float(np.quantile(train_scores, 0.99)),
+            "final_wasserstein": nets.history["wasserstein"][-1] if nets.history["wasserstein"] else None,
+            "final_encoder_loss": nets.history["encoder"][-1] if nets.history["encoder"] else None,
+        },
+        libraries=library_versions(),
+    )
     card = write_card(out_dir, card)
     from .evaluation.plots import plot_training_curves
 

@@ -116,13 +116,13 @@ class ModelRepository:
             return None
         try:
             card = load_card(path)
-            card_name = str(card["name"])
+            card_name = card.name
             if name is not None and card_name != name:
                 # The folder decides the route name; a card naming another model is a packaging
                 # mistake worth a line, not a refusal.
                 log.info("model %s version %s: card names %r; served as %r", name, version, card_name, name)
             if version is None:
-                v = str(card["version"])
+                v = card.version
                 version = int(v) if v.isdigit() else 1
             mv = ModelVersion(name or card_name, version, path, card)
         except ModelLoadError as e:

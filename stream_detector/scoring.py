@@ -51,14 +51,14 @@ class Scorer:
 
         self.model_dir = Path(model_dir)
         self.card = load_card(self.model_dir)
-        self.channels: list[str] = list(self.card["channels"])
-        self.window: int = int(self.card["window"])
-        self.stride: int = int(self.card["stride"])
-        self.threshold: float = float(self.card["threshold"]["value"])
-        self.release_threshold: float = float(self.card["threshold"]["release"])
-        self.name: str = str(self.card["name"])
-        self.version: str = str(self.card["version"])
-        self.allow_imputation: bool = bool(self.card.get("allow_imputation", False))
+        self.channels: list[str] = list(self.card.channels)
+        self.window: int = self.card.window
+        self.stride: int = self.card.stride
+        self.threshold: float = float(self.card.threshold["value"])
+        self.release_threshold: float = float(self.card.threshold["release"])
+        self.name: str = self.card.name
+        self.version: str = self.card.version
+        self.allow_imputation: bool = self.card.allow_imputation
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

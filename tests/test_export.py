@@ -45,13 +45,13 @@ def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch):
 
 def test_card_records_the_contract(sequence_model):
     card = load_card(sequence_model)
-    assert card["channels"] == ["a", "b", "c"] and card["window"] == 16 and card["stride"] == 4
-    assert card["transform"] == "sequence" and card["normalisation"]["method"] == "minmax"
-    thr = card["threshold"]
+    assert card.channels == ("a", "b", "c") and card.window == 16 and card.stride == 4
+    assert card.transform == "sequence" and card.normalisation["method"] == "minmax"
+    thr = card.threshold
     assert thr["method"] == "quantile" and thr["release"] <= thr["value"] and thr["calibration_windows"] > 100
-    assert card["graph"]["flops_per_window"] > 0
-    assert {"torch", "onnxruntime", "numpy"} <= set(card["libraries"])
-    assert card["training"]["train_points"] + card["training"]["calibration_points"] == 1200
+    assert card.graph["flops_per_window"] > 0
+    assert {"torch", "onnxruntime", "numpy"} <= set(card.libraries)
+    assert card.training["train_points"] + card.training["calibration_points"] == 1200
     assert (sequence_model / "training_curves.png").stat().st_size > 1000
 
 

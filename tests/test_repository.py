@@ -239,3 +239,56 @@ def test_process_points_river_style(sequence_model):
     with pytest.raises(InvalidMessage) as e:
         det.process_points("engine-1", [ts[0]], {c: [0.0] for c in chans})
     assert e.value.reason == "ts_not_increasing"
+
+
+def set_card_threshold(version_dir, spec: dict) -> None:
+    """Change the card's threshold (the card is not hashed; the ONNX file is)."""
+    card = json.loads((version_dir / "model.json").read_text())
+    card["threshold"] = {"value": card["threshold"]["value"], "release": card["threshold"]["release"], **spec}
+    (version_dir / "model.json").write_text(json.dumps(card))
+
+
+def test_switch_to_a_version_with_another_threshold_decides_pending_windows_once(sequence_model, tmp_path):
+    """Windows the old adaptive procedure still held are decided by it at the switch (flush),
+    then the new version's threshold takes over: every window is published exactly once."""
+    repo = tmp_path / "repo"
+    set_card_threshold(lay_out(repo, sequence_model, "m", 1), ADAPTIVE)
+    det = Detector(WorkerConfig(model_repository=str(repo), metrics_port=0, stride=1))
+    chans = det.served["m"].channels
+    n = 300
+    ts = 1.7e9 + np.arange(float(n))
+    vals = series(n, 4, chans)
+    msgs = messages("s", ts, vals, 10)
+    first = records(det.process(msgs[:15]))
+    held = det.sources["s"].threshold.pending
+    assert held > 0 and {r["model_version"] for r in first} == {"1"}
+    lay_out(repo, sequence_model, "m", 2)  # the card's static quantile threshold
+    det.install(det.prepare_refresh())
+    second = records(det.process(msgs[15:]))
+    got = first + second
+    np.testing.assert_array_equal([r["end"] for r in got], ts[np.arange(16 - 1, n)])
+    flushed, after = second[:held], second[held:]
+    assert {r["model_version"] for r in flushed} == {"1"} and {r["model_version"] for r in after} == {"2"}
+    static = float(json.loads((repo / "m" / "2" / "model.json").read_text())["threshold"]["value"])
+    assert all(r["threshold"] == static for r in after)
+
+
+def test_state_from_before_model_repositories_keeps_its_window_buffer(sequence_model):
+    """A table entry written by the one-model worker (no model name in it) still belongs to the
+    model served: the source's buffer and offset carry over an upgrade."""
+    import msgpack
+
+    from stream_detector.windowing import SourceWindows, channels_fingerprint
+
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0))
+    chans = det.served["tiny"].channels
+    sw = SourceWindows(16, 4, len(chans))
+    ts = 1.7e9 + np.arange(15.0)
+    sw.push_batch(ts, np.zeros((15, len(chans)), np.float32))
+    sw.last_offset = 6
+    legacy = {"windows": {**sw.state(binary=True), "channels": channels_fingerprint(chans)}, "episode": {}}
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0),
+                   load_state=lambda s: msgpack.packb(legacy, use_bin_type=True))
+    payload = encode_points(1.7e9 + 15, {c: 0.0 for c in chans})
+    out = det.process([InMessage(b"old", payload, "telemetry", 0, 6), InMessage(b"old", payload, "telemetry", 0, 7)])
+    assert len(out.scores) == 1  # offset 6 was folded in already; offset 7 completes the first window

@@ -111,9 +111,9 @@ def run_channel(task: dict) -> dict:
     score_seconds = time.monotonic() - started
     calib = score_series(scorer, train[len(train) - calib_points:], stride=1)["scores"]
     saved = {"test_scores": scores, "calibration_scores": np.asarray(calib, dtype=np.float64),
-             "quantile_threshold": card["threshold"]["value"], "release": card["threshold"]["release"],
+             "quantile_threshold": card.threshold["value"], "release": card.threshold["release"],
              "train_points": len(train), "train_seconds": train_seconds, "score_seconds": score_seconds,
-             "stopped_early_by_budget": bool(card["training"]["stopped_early_by_budget"])}
+             "stopped_early_by_budget": bool(card.training["stopped_early_by_budget"])}
     if task.get("keep_scores"):
         np.save(model_dir / "test_scores.npy", scores)
         np.savez(model_dir / "scores.npz", **saved)
@@ -441,7 +441,7 @@ def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[st
         with np.load(models / ch / "scores.npz") as z:
             sv = {k: z[k] for k in z.files}
         test = np.load(data / "test" / f"{ch}.npy").astype(np.float32)
-        channels = load_card(models / ch)["channels"]
+        channels = list(load_card(models / ch).channels)
         cols = [int(name[1:]) for name in channels] if all(n[:1] == "c" and n[1:].isdigit() for n in channels) \
             else _columns(cfg["channels"], test.shape[1])
         test = test[:, cols]

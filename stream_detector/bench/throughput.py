@@ -561,7 +561,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # one pre-loaded topic per channel set and message kind
         topics: dict[tuple[tuple[str, ...], str], tuple[str, int, int]] = {}
         for card in cards.values():
-            channels = tuple(card["channels"])
+            channels = tuple(card.channels)
             for kind, (batch, points) in kinds.items():
                 if (channels, kind) in topics:
                     continue
@@ -591,13 +591,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # the detector, per model
         for mname, model in models.items():
             card = cards[mname]
-            transform, window, c, stride = card["transform"], card["window"], len(card["channels"]), card["stride"]
+            transform, window, c, stride = card.transform, card.window, len(card.channels), card.stride
             mres: dict[str, Any] = {"model_dir": str(model), "transform": transform, "window": window, "channels": c,
-                                    "stride": stride, "plot_size": card.get("plot_size"),
-                                    "width": card["training"]["config"].get("width"),
-                                    "flops_per_window": card["graph"]["flops_per_window"], "kinds": {}}
+                                    "stride": stride, "plot_size": card.plot_size,
+                                    "width": card.training["config"].get("width"),
+                                    "flops_per_window": card.graph["flops_per_window"], "kinds": {}}
             for kind in kinds:
-                topic, n_msgs, n_points = topics[tuple(card["channels"]), kind]
+                topic, n_msgs, n_points = topics[tuple(card.channels), kind]
                 tkey = f"{kind}/{c}ch"
                 n_windows = expected_windows(n_points // args.sources, args.sources, window, stride)
                 runs = [run_detector(broker, model, topic, f"det-{mname}-{kind}-{r}", n_points, n_windows, workdir,
@@ -614,7 +614,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                       f"{entry['worker_cpu_us_per_point']:.1f} us CPU/point", flush=True)
                 if not args.no_latency:
                     live_batch = 1 if kind == "single" else args.live_batch
-                    entry["latency"] = run_latency(broker, model, f"lat-{mname}-{kind}", list(card["channels"]),
+                    entry["latency"] = run_latency(broker, model, f"lat-{mname}-{kind}", list(card.channels),
                                                    args.sources, pps / 2, live_batch, args.latency_seconds, workdir)
                     lat = entry["latency"]
                     if lat["p50"] is not None:
@@ -638,11 +638,11 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
     window is scored every ``stride`` points) for compute (windows/s = points/s / stride)."""
     mname = next(iter(models))
     card = cards[mname]
-    topic, _, n_points = topics[tuple(card["channels"]), "batch"]
-    pt = results["passthrough"][f"batch/{len(card['channels'])}ch"]["faust_worker_consumer"]["points_per_s"]
+    topic, _, n_points = topics[tuple(card.channels), "batch"]
+    pt = results["passthrough"][f"batch/{len(card.channels)}ch"]["faust_worker_consumer"]["points_per_s"]
     rows = []
     for stride in args.stride_sweep:
-        n_windows = expected_windows(n_points // args.sources, args.sources, card["window"], stride)
+        n_windows = expected_windows(n_points // args.sources, args.sources, card.window, stride)
         runs = [run_detector(broker, models[mname], topic, f"stride-{mname}-{stride}-{r}", n_points, n_windows, workdir,
                              stride=stride, batch_max_messages=args.batch_max_messages,
                              batch_max_latency_ms=args.batch_max_latency_ms)
@@ -708,9 +708,9 @@ def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, An
     n = args.many_models_count
     model = bench_model(workdir / "models", "sequence")
     card = load_card(model)
-    window, stride = card["window"], card["stride"]
+    window, stride = card.window, card.stride
     topic = "many-models-batch"
-    n_msgs, n_points = _preload(broker, topic, n, args.many_models_points, list(card["channels"]), args.batch_points, 5)
+    n_msgs, n_points = _preload(broker, topic, n, args.many_models_points, list(card.channels), args.batch_points, 5)
     n_windows = expected_windows(n_points // n, n, window, stride)
     names = [f"m{i:02d}" for i in range(n)]
     sources = [f"src-{i:05d}" for i in range(n)]  # the keys preload_messages writes
@@ -762,7 +762,7 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
 
     model = bench_model(workdir / "models", "sequence")
     card = load_card(model)
-    window, stride, channels = card["window"], card["stride"], list(card["channels"])
+    window, stride, channels = card.window, card.stride, list(card.channels)
     name = "sequence"
     repo = make_repository(workdir / "repo-thresholds", [name], model)
     per_source = window + (args.threshold_windows - 1) * stride
@@ -777,7 +777,7 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
         published_per_source[m] = k
     res: dict[str, Any] = {"model_dir": str(model), "sources": args.sources, "stride": stride, "window": window,
                            "windows_per_source": windows_per_source, "points_per_source": per_source,
-                           "specs": {m: spec or dict(card["threshold"]) for m, spec in specs.items()},
+                           "specs": {m: spec or {"method": card.threshold_method, **card.threshold} for m, spec in specs.items()},
                            "target": THRESHOLDS_TARGET, "kinds": {}}
     for kind, batch in (("single", 1), ("batch", args.batch_points)):
         topic = f"thresholds-{kind}"
@@ -941,7 +941,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
             msgs = preload_messages(sources, per_source * sources, ["ch00"], batch, seed=i)
             produce(broker.bootstrap, topic, msgs)
             n_points = per_source * sources
-            n_windows = expected_windows(per_source, sources, window, card["stride"])
+            n_windows = expected_windows(per_source, sources, window, card.stride)
             run = run_detector(broker, model, topic, f"scale-{i}", n_points, n_windows, workdir,
                                batch_max_messages=args.batch_max_messages, batch_max_latency_ms=args.batch_max_latency_ms)
             row = {"sources": sources, "window": window, "points_per_source": per_source, **{

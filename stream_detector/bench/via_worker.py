@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..card import ModelCard
+
 __all__ = ["SourceResult", "WorkerRun", "expected_published", "run_via_worker", "window_flags_to_points"]
 
 T0 = 1.7e9
@@ -57,9 +59,9 @@ def window_flags_to_points(n_points: int, end_idx: np.ndarray, flags: np.ndarray
     return out
 
 
-def route_spec(card: dict, threshold: Mapping) -> dict:
+def route_spec(card: ModelCard, threshold: Mapping) -> dict:
     """The threshold specification the worker will use for a route overriding the card's."""
-    card_thr = card["threshold"]
+    card_thr = card.threshold
     return {"value": card_thr["value"], "release": card_thr["release"], **dict(threshold)}
 
 
@@ -350,11 +352,11 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
     series = {s: np.asarray(v, dtype=np.float32) for s, v in series.items()}
     for s, v in series.items():
         v2 = v if v.ndim == 2 else v[:, None]
-        if v2.shape[1] != len(cards[s]["channels"]):
-            raise ValueError(f"{s}: {v2.shape[1]} columns but the model has channels {cards[s]['channels']}")
+        if v2.shape[1] != len(cards[s].channels):
+            raise ValueError(f"{s}: {v2.shape[1]} columns but the model has channels {list(cards[s].channels)}")
         series[s] = v2
-    channels = {s: list(c["channels"]) for s, c in cards.items()}
-    n_windows = {s: len(window_starts(len(series[s]), int(cards[s]["window"]), stride)) for s in series}
+    channels = {s: list(c.channels) for s, c in cards.items()}
+    n_windows = {s: len(window_starts(len(series[s]), cards[s].window, stride)) for s in series}
     expected = {s: expected_published(route_spec(cards[s], specs[s]), stride, n_windows[s]) for s in series}
 
     own_tmp = None
@@ -412,7 +414,7 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
         recs = sorted(by_source[s].values(), key=lambda r: r["end"])
         end_idx = np.array([int(round((r["end"] - t0) / dt)) for r in recs], dtype=np.int64)
         start_idx = np.array([int(round((r["start"] - t0) / dt)) for r in recs], dtype=np.int64)
-        w = int(cards[s]["window"])
+        w = cards[s].window
         valid = window_starts(len(series[s]), w, stride) + w - 1
         unexpected = int(np.sum(~np.isin(end_idx, valid)))
         results[s] = SourceResult(
