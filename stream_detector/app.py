@@ -5,11 +5,16 @@ in one place.  Run it with ``stream-detector worker --config FILE`` or the Faust
 ``faust -A stream_detector.faust_app worker`` (configuration from ``STREAM_DETECTOR_CONFIG``
 and ``STREAM_DETECTOR_*`` variables).
 
+The models come from a model repository (``model_repository``, or ``model_dir`` for one),
+routed per source; :class:`~stream_detector.detector.Detector` is the Faust-free core that
+hosts them, and a timer re-scans the repository every ``model_poll_seconds``.
+
 Delivery: the agent takes up to ``batch_max_messages`` messages or waits
-``batch_max_latency_ms``, scores all their windows (from every source) in
+``batch_max_latency_ms``, scores all their windows (from every source, per model) in
 ``batch_max_windows``-sized ONNX Runtime calls on an executor thread, publishes scores,
 alerts and dead letters and waits until Kafka has them, and only then writes each touched
-source's state (window buffer, open episode, last input offset) to the table.  Faust
+source's state (model version, window buffer, threshold state and undecided windows, open
+episode, last input offset) to the table.  Faust
 flushes the producer before committing input offsets, so after a crash the state is never
 behind the committed offsets, and anything at or below a source's saved offset is known to
 be published: windows are neither lost nor (beyond at-least-once) published twice.
@@ -241,8 +246,10 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
 
     @app.timer(cfg.model_poll_seconds)
     async def poll_repository() -> None:
-        # Scanning and loading sessions block, so they run off the event loop; the swap itself
-        # happens on the loop, between two agent steps, so a step never sees two versions.
+        # Scanning and loading sessions block, so they run off the event loop.  The swap runs on
+        # the loop and sources move to a new version only when the agent next ingests their
+        # points, so a step already ingested is scored and published by the versions it was
+        # windowed for, even if the swap lands while that step awaits ONNX Runtime or Kafka.
         new = await asyncio.get_running_loop().run_in_executor(None, detector.prepare_refresh)
         if new:
             detector.install(new)
