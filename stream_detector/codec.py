@@ -149,7 +149,9 @@ class PointDecoder:
     # -- the key ---------------------------------------------------------------------------
     def source_of(self, key: bytes | str | None) -> str:
         """The source id carried by a message key, checked against the allow-list."""
-        if key is None or len(key) == 0:
+        # len() only for the types that have one: a key of another type (an int, say) is a
+        # missing_source below, not a TypeError out of the worker's agent.
+        if key is None or (isinstance(key, (bytes, bytearray, memoryview, str)) and len(key) == 0):
             raise InvalidMessage("missing_source", "message has no key (the source id)")
         if isinstance(key, (bytes, bytearray, memoryview)):
             try:
@@ -216,10 +218,7 @@ class PointDecoder:
         return np.asarray(last_values, dtype=np.float32)[missing]
 
     def _single(self, ts: float, vals: dict, last_values: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            ts = float(ts)
-        except OverflowError:
-            ts = math.inf
+        ts = _to_float(ts)
         if not math.isfinite(ts):
             raise InvalidMessage("bad_value", "'ts' is not a finite number")
         row = np.empty((1, len(self.channels)), dtype=np.float32)
@@ -229,10 +228,7 @@ class PointDecoder:
             if v is _ABSENT:
                 missing.append(j)
             elif _is_number(v):
-                try:
-                    f = float(v)
-                except OverflowError:  # an integer beyond float64
-                    f = math.inf
+                f = _to_float(v)
                 if not (math.isfinite(f) and abs(f) <= _F32_MAX):
                     raise InvalidMessage("bad_value", f"channel {ch!r} is {str(v)[:40]}")
                 row[0, j] = f
@@ -251,8 +247,10 @@ class PointDecoder:
         ts = _numeric_array(ts_list, "'ts'")
         if not np.isfinite(ts).all():
             raise InvalidMessage("bad_value", "'ts' holds NaN or inf")
-        if n > 1 and not (np.diff(ts) > 0).all():
-            i = int(np.flatnonzero(np.diff(ts) <= 0)[0])
+        # Compared, not subtracted: np.diff overflows (a RuntimeWarning, an exception under
+        # -W error) for timestamps more than float64's max apart, e.g. [-1.7e308, 1.7e308].
+        if n > 1 and not (ts[1:] > ts[:-1]).all():
+            i = int(np.flatnonzero(ts[1:] <= ts[:-1])[0])
             raise InvalidMessage("ts_not_increasing", f"ts[{i + 1}]={ts[i + 1]!r} <= ts[{i}]={ts[i]!r}")
         out = np.empty((n, len(self.channels)), dtype=np.float32)
         missing: list[int] = []
@@ -266,17 +264,34 @@ class PointDecoder:
             if len(v) != n:
                 raise InvalidMessage("bad_shape", f"channel {ch!r} has {len(v)} values for {n} timestamps")
             col = _numeric_array(v, f"channel {ch!r}")
-            with np.errstate(over="ignore", invalid="ignore"):
-                out[:, j] = col  # values beyond float32's range become inf, caught below
-            if not np.isfinite(out[:, j]).all():
-                i = int(np.flatnonzero(~np.isfinite(out[:, j]))[0])
+            # The float32 bound checked on the float64 values, as _single does: after the cast
+            # only values from about 3.4028235678e38 on are inf; those just above float32's max
+            # were silently rounded down to it.  (NaN fails the comparison too.)
+            bad = ~(np.abs(col) <= _F32_MAX)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
                 raise InvalidMessage("bad_value", f"channel {ch!r}[{i}] is {col[i]!r}")
+            out[:, j] = col
         if missing:
             out[:, missing] = self._missing(missing, last_values)
         return ts, out
 
 
 _ABSENT = object()
+_INT64_TO_UINT64 = range(-(2**63), 2**64)
+
+
+def _to_float(x: int | float) -> float:
+    """``float(x)``, but ``inf`` (a bad_value) for an integer outside [-2**63, 2**64).
+
+    Only JSON carries such integers (msgpack cannot), and a batch rejects them (numpy makes an
+    object array of them); without this a single point took ``2**64`` as a value or timestamp that
+    the same point in batch form, or in msgpack, could not carry.  ``float()`` of a bigger one would
+    raise OverflowError.
+    """
+    if isinstance(x, int) and x not in _INT64_TO_UINT64:
+        return math.inf
+    return float(x)
 
 
 def _numeric_array(seq: list, what: str) -> np.ndarray:
@@ -288,6 +303,11 @@ def _numeric_array(seq: list, what: str) -> np.ndarray:
     if arr.ndim != 1:
         raise InvalidMessage("bad_shape", f"{what} is not a flat list of numbers")
     if arr.dtype.kind not in _NUMBER_KINDS:  # strings, None, bools, huge ints -> 'U', 'O', 'b'
+        raise InvalidMessage("bad_value", f"{what} holds non-numeric items")
+    # numpy quietly makes True/False among numbers 1/0 (only an all-bool list is dtype 'b'); a
+    # bool is no number here, as in _single.  map(type) runs in C (no per-item Python loop), and
+    # only when there is a 0 or 1 that could have been a bool.
+    if ((arr == 0) | (arr == 1)).any() and bool in map(type, seq):
         raise InvalidMessage("bad_value", f"{what} holds non-numeric items")
     return arr.astype(np.float64, copy=False)
 
