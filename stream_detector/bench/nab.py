@@ -25,6 +25,10 @@ score in ``[0, 1]``; two causal post-processings turn the raw score into one (``
 * ``rank``: the causal rank of a 5-point moving average of the raw score among all earlier
   ones of the file (the fraction of past scores below it): any new running maximum is 1.0.
 
+``--via-worker --models DIR`` sends each file through the real worker instead (see
+:func:`via_worker_main`) and compares its published likelihoods and NAB scores with the offline
+ones on the same models.
+
 ``--combine max_z`` takes the larger of that and the same post-processing of the value's
 causal |z| against all earlier values; ``--rescore RESULTS`` reapplies the post-processing to
 a previous run's saved raw scores without training.
@@ -251,7 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "likelihood, log-scaled as NAB's numenta detector) or 'rank' (causal rank of a 5-point average)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>/<category>/*.csv with raw_score): "
                    "reuse its model scores, no training, and apply this run's post-processing")
+    p.add_argument("--likelihood", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the anomaly likelihood's parameters (repeatable; keys: "
+                   + ", ".join(LIKELIHOOD) + ")")
+    v = p.add_argument_group("via the worker", "--via-worker --models DIR: send each NAB file through the real "
+                             "worker (embedded broker, one source and route per file, threshold 'likelihood') and "
+                             "compare its published likelihoods and NAB scores with the offline ones on the same "
+                             "models; writes <out>/<name>_via_worker.json/.md")
+    v.add_argument("--via-worker", action="store_true", help="needs --models DIR of an earlier run (DIR/<category>__"
+                   "<file>/model.onnx + model.json); trains nothing")
+    v.add_argument("--batch-points", type=int, default=500, help="points per batch message (default 500)")
+    v.add_argument("--worker-timeout", type=float, default=7200.0,
+                   help="give up waiting for the worker's records after this many seconds (default 7200)")
     return p
+
+
+def parse_likelihood_overrides(items: list[str]) -> dict:
+    """``["reestimation_period=31", ...]`` -> ``{"reestimation_period": 31, ...}`` (keys of ``LIKELIHOOD``)."""
+    from ..errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in LIKELIHOOD:
+            raise UserError(f"--likelihood {item!r}: expected KEY=VALUE with KEY one of {', '.join(LIKELIHOOD)}")
+        try:
+            out[key] = type(LIKELIHOOD[key])(float(value)) if isinstance(LIKELIHOOD[key], int) else float(value)
+        except ValueError:
+            raise UserError(f"--likelihood {item!r}: {value!r} is not a number") from None
+        if isinstance(LIKELIHOOD[key], int) and float(value) != out[key]:
+            raise UserError(f"--likelihood {item!r}: {key} is a whole number of points")
+    return out
 
 
 def write_results(results_dir: Path, detector: str, rows: list[dict], root: Path) -> None:
@@ -379,8 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.post:
         cfg["post"] = a.post
     if cfg["post"] == "likelihood":
-        cfg["likelihood"] = dict(LIKELIHOOD)
+        cfg["likelihood"] = dict(LIKELIHOOD, **parse_likelihood_overrides(a.likelihood))
+    elif a.likelihood:
+        raise UserError("--likelihood sets the parameters of --post likelihood")
     files = _files(root)[: a.limit] if a.limit else _files(root)
+    if a.via_worker:
+        return via_worker_main(a, root, cfg, files)
     models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-nab-"))
     started = time.monotonic()
     rows = []
@@ -419,6 +458,241 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{a.name}.md").write_text(markdown(result))
     print("; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()) + f"; written to {out / a.name}.json/.md")
     return 0
+
+
+# -- the same models through the worker ------------------------------------------------------------
+def model_folder(name: str) -> str:
+    """A file's model folder under ``--models`` (as :func:`run_file` lays them out), also its source id."""
+    return name.replace("/", "__")
+
+
+def worker_likelihood_params(likelihood: dict, probationary: int, window: int) -> dict:
+    """The ``likelihood`` threshold parameters, in windows, of the worker route that reproduces the
+    offline post-processing of one file (stride 1).
+
+    Offline, the procedure runs over the file's POINT scores, ``window - 1`` of them (before the
+    first complete window) NaN, and its positions count points; the worker feeds it window scores
+    only, and its positions count windows (window ``j`` ends at point ``j + window - 1``).  The
+    learning period (``max(learning_period, probationary)`` points offline) is therefore shortened
+    by ``window - 1``, so that the same moving averages are left out and the first estimate falls on
+    the same point.  Re-estimation still happens every ``reestimation_period`` positions counted
+    from the first window, i.e. ``window - 1`` points out of phase with the offline run, unless
+    ``reestimation_period`` divides ``window - 1``: only then are the two equal to rounding."""
+    lp = max(int(likelihood["learning_period"]), int(probationary))
+    return dict(likelihood, learning_period=max(0, lp - (window - 1)))
+
+
+def windows_to_points(n_points: int, end_idx: np.ndarray, values: np.ndarray, before: float = 0.5) -> np.ndarray:
+    """Per-point values from per-window ones as the offline runner maps window scores (a point takes
+    the latest window ending at or before it); points before the first window get ``before``
+    (the likelihood the offline procedure gives them: their raw score is NaN)."""
+    from ..scoring import point_scores
+
+    end_idx = np.asarray(end_idx, dtype=np.int64)
+    out = point_scores(n_points, end_idx, 1, np.asarray(values, dtype=np.float64))
+    out[: int(end_idx[0]) if len(end_idx) else n_points] = before
+    return out
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    d = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return float(np.nanmax(d)) if d.size and np.any(np.isfinite(d)) else 0.0
+
+
+def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[str]) -> int:
+    """``--via-worker``: each file's values through the real worker, its ``likelihood`` field against
+    the offline post-processing of the same models' raw scores, and both NAB-scored alike.
+
+    Per file: the offline raw point scores are recomputed from the saved model (ONNX, as
+    :func:`run_file` scores); the worker serves the same model (one source and one route per
+    file, ``threshold: likelihood`` with :func:`worker_likelihood_params`, stride 1) and is sent
+    the values with synthetic timestamps 1 s apart (the likelihood does not depend on time; the
+    NAB scorer uses the file's own timestamps for both runs).  The worker's per-window likelihood
+    is mapped to points as the offline runner maps window scores, log-scaled with
+    :func:`log_likelihood`, and the three score sets (offline as ``bench nab`` computes it, the
+    worker's, and the offline procedure counted in windows as the worker counts) are scored by
+    the same in-memory NAB scoring with the threshold optimised per profile over the files.
+    """
+    from ..card import load_card
+    from ..errors import UserError
+    from ..scoring import Scorer, point_scores, score_series
+    from .nab_scorer import probationary_length, score_arrays
+    from .telemanom import cpu_model
+    from .via_worker import run_via_worker
+
+    if cfg.get("combine", "none") != "none":
+        raise UserError(f"--combine {cfg['combine']} is not supported via the worker: the worker applies one "
+                        "threshold procedure to the model's window scores and has no causal |z| of the raw value "
+                        "to combine it with; run --via-worker without --combine")
+    if cfg.get("post") != "likelihood":
+        raise UserError(f"--post {cfg.get('post')} is not supported via the worker: the worker's threshold "
+                        "procedures include Numenta's anomaly likelihood ('likelihood') but not the causal rank")
+    if a.rescore:
+        raise UserError("--via-worker takes the raw scores from the models (--models DIR), not --rescore")
+    if not a.models:
+        raise UserError("--via-worker needs --models DIR: the per-file models of an earlier 'bench nab --models DIR' "
+                        "run (DIR/<category>__<file>/model.onnx and model.json)")
+    models = Path(a.models)
+    if not models.is_dir():
+        raise UserError(f"--models {models}: no such folder")
+    files = [f for f in files if all((models / model_folder(f) / x).exists() for x in ("model.onnx", "model.json"))]
+    if not files:
+        raise UserError(f"--models {models}: no <category>__<file>/model.onnx + model.json there for the files of "
+                        f"{root / 'data'} (the --models folder of an earlier 'bench nab' run)")
+    if a.batch_points < 1:
+        raise UserError(f"--batch-points must be a positive integer, got {a.batch_points}")
+    started = time.monotonic()
+    lik = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
+    offline, series, specs, info = {}, {}, {}, {}
+    for f in files:
+        timestamps, values = read_nab_csv(root / "data" / f)
+        mdir = models / model_folder(f)
+        w = load_card(mdir).window
+        n = len(values)
+        prob = probationary_length(n, cfg["probationary"])
+        res = score_series(Scorer(mdir, threads=a.threads), values.reshape(-1, 1), stride=1)
+        raw = point_scores(n, res["starts"], w, res["scores"])
+        params = worker_likelihood_params(lik, prob, w)
+        by_windows = np.full(n, 0.5)
+        by_windows[w - 1:] = anomaly_likelihood(raw[w - 1:], **params)
+        offline[f] = {"timestamps": timestamps, "raw": raw,
+                      "likelihood": anomaly_likelihood(raw, **dict(lik, learning_period=max(lik["learning_period"],
+                                                                                             prob))),
+                      "likelihood_windows": by_windows}
+        series[model_folder(f)] = values.reshape(-1, 1)
+        specs[model_folder(f)] = {"method": "likelihood", **params}
+        info[f] = {"points": n, "window": w, "probationary": prob}
+    offline_seconds = time.monotonic() - started
+    print(f"offline: {len(files)} files scored in {offline_seconds:.1f} s; sending them through the worker "
+          f"(likelihood, stride 1)", flush=True)
+    run = run_via_worker({model_folder(f): models / model_folder(f) for f in files}, series, specs, stride=1,
+                         batch_points=a.batch_points, timeout=a.worker_timeout,
+                         progress=lambda m: print(m, flush=True))
+    per_file, worker_lik = [], {}
+    for f in files:
+        r, o, n = run.sources[model_folder(f)], offline[f], info[f]["points"]
+        wl = r.extra.get("likelihood", np.full(r.published, np.nan))
+        worker_lik[f] = windows_to_points(n, r.end_idx, wl)
+        row = {"name": f, **info[f], "worker_run": r.summary(),
+               "records_without_likelihood": int(np.sum(~np.isfinite(wl))),
+               "windows_estimated": int(np.sum(np.isfinite(wl) & (wl != 0.5))),
+               "learning_period_windows": specs[model_folder(f)]["learning_period"]}
+        if r.published:
+            row["max_raw_score_difference"] = _max_abs(r.scores, o["raw"][r.end_idx])
+            # the worker against the offline run, point by point (windows it never published count)
+            row["max_likelihood_difference"] = _max_abs(worker_lik[f], o["likelihood"])
+            row["max_likelihood_difference_published"] = _max_abs(wl, o["likelihood"][r.end_idx])
+            row["max_likelihood_difference_vs_window_count"] = _max_abs(wl, o["likelihood_windows"][r.end_idx])
+            if not r.missing:  # the procedure alone: offline on the worker's own published scores
+                row["max_likelihood_difference_same_scores"] = _max_abs(
+                    wl, anomaly_likelihood(r.scores, **{k: v for k, v in specs[model_folder(f)].items()
+                                                         if k != "method"}))
+            row["points_differing_1e-9"] = int(np.sum(np.abs(worker_lik[f] - o["likelihood"]) > 1e-9))
+        per_file.append(row)
+
+    labels, profiles = root / "labels" / "combined_windows.json", root / "config" / "profiles.json"
+
+    def nab_scores(lik_by_file: dict) -> dict:
+        s = score_arrays({f: (offline[f]["timestamps"], log_likelihood(lik_by_file[f])) for f in files}, labels,
+                         profiles, per_file=True)
+        return {p: {k: v for k, v in x.items() if k != "per_file"} | {
+            "per_file": {k: round(v, 6) for k, v in x["per_file"].items()}} for p, x in s.items()}
+
+    scores = {"offline": nab_scores({f: offline[f]["likelihood"] for f in files}),
+              "worker": nab_scores(worker_lik),
+              "offline_window_count": nab_scores({f: offline[f]["likelihood_windows"] for f in files})}
+    for run_name, by_profile in scores.items():
+        for p, x in by_profile.items():
+            per = x.pop("per_file")
+            for row in per_file:
+                row.setdefault("raw_scores", {}).setdefault(run_name, {})[p] = per.get(row["name"], 0.0)
+    diffs = [r for r in per_file if "max_likelihood_difference" in r]
+    result = {
+        "data": str(root), "models": str(models), "files": len(files), "config": cfg, "likelihood": lik,
+        "threshold_per_file": {f: specs[model_folder(f)] for f in files},
+        "timestamps": "synthetic, 1 s apart from 1.7e9 (the likelihood does not depend on time; NAB scoring "
+                      "uses each file's own timestamps for every run)",
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "offline_seconds": round(offline_seconds, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "worker": run.summary(),
+        "scores": scores,
+        "max_likelihood_difference": max((r["max_likelihood_difference"] for r in diffs), default=None),
+        "max_likelihood_difference_vs_window_count": max(
+            (r["max_likelihood_difference_vs_window_count"] for r in diffs), default=None),
+        "max_likelihood_difference_same_scores": max(
+            (r["max_likelihood_difference_same_scores"] for r in diffs
+             if "max_likelihood_difference_same_scores" in r), default=None),
+        "max_raw_score_difference": max((r["max_raw_score_difference"] for r in diffs), default=None),
+        "per_file": per_file,
+    }
+    if run.missing or run.timed_out:
+        result["worker_log_tail"] = run.worker_log_tail
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{a.name}_via_worker"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(via_worker_markdown(result))
+    print("; ".join(f"{p}: offline {scores['offline'][p]['score']:.2f}, worker {scores['worker'][p]['score']:.2f}"
+                    for p in scores["offline"]) + f"; largest likelihood difference "
+          f"{result['max_likelihood_difference']}; written to {out / stem}.json/.md", flush=True)
+    if run.missing:
+        print(f"worker records missing after {a.worker_timeout:.0f} s: {run.missing}", flush=True)
+    return 0
+
+
+def _g(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def via_worker_markdown(result: dict) -> str:
+    s, w, m = result["scores"], result["worker"], result["machine"]
+    profiles = list(s["offline"])
+    lines = [f"# NAB: offline vs via the worker ({result['files']} files, likelihood threshold, stride 1)", "",
+             f"The same per-file models (`{result['models']}`).  Offline: the model's raw point scores (ONNX, "
+             "stride 1) post-processed by `anomaly_likelihood` over the file's points, as `bench nab` does.  Via the "
+             f"worker: each file sent as batch messages of {w['settings']['batch_points']} points through the "
+             "embedded broker to the worker serving a model repository with one source and route per file "
+             "(`threshold: {method: likelihood, ...}`, the offline parameters, learning period "
+             "`max(learning_period, probation) - (window - 1)` windows), the `likelihood` field of each published "
+             "score record mapped to points as the offline runner maps window scores (a point takes the window "
+             "ending at it; points before the first window get 0.5, as offline).  Both are log-scaled "
+             "(`log_likelihood`) and scored alike (in memory, threshold optimised per profile over these files).",
+             "", f"Timestamps: {result['timestamps']}.", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores. Worker: {w['windows']} windows published in "
+             f"{w['wall_seconds']:.1f} s ({w['windows_per_second']} windows/s); whole comparison "
+             f"{result['wall_seconds']:.0f} s (offline scoring {result['offline_seconds']:.0f} s)."
+             + (f" **Missing records** (timed out): {w['missing']}." if w["missing"] else ""), "",
+             "| run | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    names = {"offline": "offline (`bench nab`)", "worker": "via the worker",
+             "offline_window_count": "offline, positions counted in windows (the worker's count)"}
+    for run in ("offline", "worker", "offline_window_count"):
+        lines.append(f"| {names[run]} | " + " | ".join(
+            f"**{s[run][p]['score']:.2f}** (thr {s[run][p]['threshold']:.4f})" for p in profiles) + " |")
+    lines += ["", "Largest absolute difference of the worker's likelihood (per point, before log scaling):", "",
+              f"* against the offline likelihood: **{_g(result['max_likelihood_difference'])}**;",
+              f"* against the offline procedure counting positions in windows, on the offline raw scores: "
+              f"{_g(result['max_likelihood_difference_vs_window_count'])};",
+              f"* against the offline procedure on the worker's own published scores: "
+              f"{_g(result['max_likelihood_difference_same_scores'])};",
+              f"* raw scores, worker against offline: {_g(result['max_raw_score_difference'])}.", "",
+              "Offline the likelihood counts positions in points (the first window-1 have no score), the worker "
+              "counts windows: with the learning period shortened by window-1 the same moving averages are "
+              "learnt from, but re-estimation (every `reestimation_period` positions) is window-1 points out of "
+              "phase unless `reestimation_period` divides window-1, so the two differ between re-estimations.", "",
+              "| file | points | window | probation | published | max likelihood diff | vs window count | "
+              + " | ".join(f"{p} offline / worker" for p in profiles) + " |",
+              "|---|---|---|---|---|---|---|" + "---|" * len(profiles)]
+    for r in result["per_file"]:
+        rs = r.get("raw_scores", {})
+        lines.append(f"| {r['name']} | {r['points']} | {r['window']} | {r['probationary']} | "
+                     f"{r['worker_run']['published']} | {_g(r.get('max_likelihood_difference'))} | "
+                     f"{_g(r.get('max_likelihood_difference_vs_window_count'))} | " + " | ".join(
+                         f"{rs.get('offline', {}).get(p, 0.0):+.2f} / {rs.get('worker', {}).get(p, 0.0):+.2f}"
+                         for p in profiles) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

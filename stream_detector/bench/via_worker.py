@@ -97,6 +97,9 @@ class SourceResult:
     episodes: list[dict]  # alert episodes: opened events merged with their closing events
     duplicates: int = 0  # records published twice for one window (at-least-once redelivery)
     unexpected: int = 0  # records for windows the series does not have
+    # further numeric fields of the score records, per published window (NaN where a record lacks
+    # it), e.g. ``likelihood`` (the ``likelihood`` threshold's anomaly likelihood of the window)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def published(self) -> int:
@@ -305,6 +308,17 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
+_RECORD_KEYS = {"source", "start", "end", "score", "threshold", "is_anomaly", "channel_scores", "model",
+                "model_version"}
+
+
+def _extra_fields(recs: list[dict]) -> dict[str, np.ndarray]:
+    """The records' numeric fields beyond the standard ones, one array per field."""
+    names = sorted({k for r in recs for k, v in r.items() if k not in _RECORD_KEYS
+                    and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))})
+    return {k: np.array([_num(r.get(k)) for r in recs], dtype=np.float64) for k in names}
+
+
 def _episodes(events: list[dict], t0: float, dt: float) -> dict[str, list[dict]]:
     out: dict[str, dict[str, dict]] = {}
     for e in events:
@@ -424,7 +438,7 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
             thresholds=np.array([_num(r.get("threshold")) for r in recs], dtype=np.float64),
             scores=np.array([_num(r.get("score")) for r in recs], dtype=np.float64),
             model_version=[str(r.get("model_version")) for r in recs], episodes=episodes.get(s, []),
-            duplicates=duplicates[s], unexpected=unexpected)
+            duplicates=duplicates[s], unexpected=unexpected, extra=_extra_fields(recs))
     shared = all(v == specs[next(iter(specs))] for v in specs.values())
     return WorkerRun(sources=results, threshold=specs[next(iter(specs))] if shared else specs, stride=stride,
                      wall_seconds=wall, send_seconds=send_seconds, points=sum(len(v) for v in series.values()),
