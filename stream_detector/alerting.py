@@ -83,11 +83,4 @@ class EpisodeTracker:
         self.state = {}
         return event
 
-    def expire(self, source: str, now: float, silence_seconds: float) -> list[dict]:
-        """Close an open episode of a source that has sent nothing for ``silence_seconds``."""
-        if self.is_open and now - self.state["end"] >= silence_seconds:
-            event = self._event("closed", source)
-            event["reason"] = "source silent"
-            self.state = {}
-            return [event]
-        return []
+

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
 from . import metrics
 from .config import WorkerConfig
-from .detector import Detector, InMessage
+from .detector import Detector, InMessage, decode_state
 
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "source-state"
+SWEEP_SECONDS = 2.0  # how often silent sources are looked for
 FETCH_MAX_WAIT_MS = 50
 _FAUST_SENSOR = None
 
@@ -232,9 +234,49 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
                 table.data[key] = state
                 await send(changelog, key, state, partition, None, None)
 
+    async def publish(out) -> None:
+        """Records first, acknowledged, then the states (and deletions) that say so."""
+        send = app.producer.send
+        pending = [await send(topic, key, value, None, None, None)
+                   for topic, records in ((scores_topic, out.scores), (alerts_topic, out.alerts)) for key, value in records]
+        if pending:
+            await asyncio.gather(*pending)
+        changelog = table.changelog_topic.get_topic_name()
+        for source, (partition, state) in out.states.items():
+            table.data[source.encode()] = state
+            await send(changelog, source.encode(), state, partition, None, None)
+        for source, partition in out.evicted.items():  # a tombstone: the source starts afresh if it returns
+            table.data.pop(source.encode(), None)
+            await send(changelog, source.encode(), None, partition, None, None)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
         detector.forget()  # reloaded from the table (restored by Faust) when next seen
+
+    @table.on_recover
+    async def adopt_sources() -> None:
+        # After a restart or rebalance, sources are otherwise loaded when they next send; one
+        # that stays silent with an open episode (or undecided windows) must be loaded now so
+        # that the sweep can close it.  Only this worker's input partitions count: the memory
+        # store may still hold entries this worker wrote for partitions it no longer owns.
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_input}
+        adopted = 0
+        for key, raw in list(table.data.items()):
+            state = raw if isinstance(raw, (bytes, bytearray)) else None
+            if state is None:
+                continue
+            partition = (decode_state(state) or {}).get("partition")
+            if partition is not None and partition not in mine:
+                continue
+            adopted += detector.adopt(key.decode(errors="replace"), state)
+        if adopted:
+            log.info("loaded %d sources with open episodes or undecided windows from the state table", adopted)
+
+    @app.timer(SWEEP_SECONDS)
+    async def sweep_sources() -> None:
+        out = detector.sweep(time.time())
+        if out.scores or out.alerts or out.states or out.evicted:
+            await publish(out)
 
     @app.task
     async def start_metrics() -> None:

@@ -104,6 +104,10 @@ class WorkerConfig:
     alert_release_threshold: float | None = None  # absolute release level
     alert_quiet_seconds: float = 0.0  # score below release this long before an episode closes
     alert_top_channels: int = 3
+    # Silent sources: None = 10 windows' worth of the source's own pace (10 x stride x its
+    # median point interval); an open episode of a source silent this long is closed.
+    source_silence_seconds: float | None = None
+    source_evict_seconds: float = 86400.0  # a source silent this long leaves memory and the table
     # Prometheus
     metrics_host: str = "127.0.0.1"  # loopback unless configured
     metrics_port: int = 9108  # 0 disables the metrics server
@@ -318,6 +322,8 @@ _PARSERS: dict[str, Parser] = {
     "alert_release_threshold": _float(lambda x: True, "a number"),
     "alert_quiet_seconds": _float(lambda x: x >= 0, "a number >= 0"),
     "alert_top_channels": _positive_int,
+    "source_silence_seconds": _positive_float,
+    "source_evict_seconds": _positive_float,
     "metrics_host": _str("a host name or IP address"),
     "metrics_port": _int(lambda x: 0 <= x <= 65535, "a port number 0-65535 (0 disables)"),
     "source_metrics_limit": _int(lambda x: x >= 0, "an integer >= 0"),

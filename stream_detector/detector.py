@@ -143,6 +143,7 @@ class Outgoing:
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # source -> (partition, state)
+    evicted: dict[str, int] = field(default_factory=dict)  # source -> partition: delete from the table
     records: list[dict] = field(default_factory=list)  # score records as dicts (process_points only)
     events: list[dict] = field(default_factory=list)  # alert events as dicts (process_points only)
 
@@ -219,6 +220,8 @@ class Source:
     pending: Pending
     channels: tuple[str, ...]  # of the version whose windows are pending (the served one after a switch)
     version: int
+    partition: int = 0  # input partition (its state goes to the same changelog partition)
+    last_seen: float = 0.0  # wall clock of the last message taken from it
 
     @property
     def static(self) -> bool:
@@ -336,7 +339,8 @@ class Detector:
                                  self.cfg.alert_quiet_seconds, self.cfg.alert_top_channels,
                                  state=dict(saved.get("episode") or {}) if same_model else {})
         version = int(saved.get("version", served.version)) if same_model else served.version
-        return Source(route, served, stride, windows, spec, threshold, tracker, pending, channels, version)
+        return Source(route, served, stride, windows, spec, threshold, tracker, pending, channels, version,
+                      partition=int(saved.get("partition", 0)), last_seen=float(saved.get("seen", time.time())))
 
     def _tracker(self, served: Served, spec: dict, state: dict | None) -> EpisodeTracker:
         value = float(spec.get("value", math.inf))
@@ -434,6 +438,7 @@ class Detector:
             ok = points_ok = redelivered = 0
             metrics.SOURCES.set(len(self.sources))
 
+        now = time.time()
         for msg in messages:
             try:
                 source = self.served_decoder_source(msg.key)
@@ -452,7 +457,8 @@ class Detector:
                 continue
             ok += 1
             points_ok += len(points)
-            prepared.touched[source] = msg.partition
+            prepared.touched[source] = st.partition = msg.partition
+            st.last_seen = now
             if len(batch):
                 g = prepared.groups.get(st.served.key)
                 if g is None:
@@ -596,7 +602,8 @@ class Detector:
             w = st.windows.state(binary=True)
             w["channels"] = st.served.fingerprint
             state = {"model": st.served.name, "version": st.served.version, "channels": st.served.fingerprint,
-                     "stride": st.stride, "windows": w, "episode": st.tracker.state, "spec": st.spec}
+                     "stride": st.stride, "windows": w, "episode": st.tracker.state, "spec": st.spec,
+                     "partition": st.partition, "seen": st.last_seen}
             if not st.static:
                 state["threshold"] = st.threshold.state()
                 state["pending"] = st.pending.state()
@@ -604,6 +611,71 @@ class Detector:
                     state["channel_names"] = list(st.channels)
             out[source] = (partition, encode_state(state))
         return out
+
+    # -- silent sources ---------------------------------------------------------------------------
+    def silence_seconds(self, st: Source) -> float | None:
+        """How long ``st`` may send nothing before it counts as silent: ``source_silence_seconds``,
+        or 10 windows' worth of its own pace (10 x stride x its median point interval), None
+        while that pace is unknown (fewer than two points buffered)."""
+        if self.cfg.source_silence_seconds is not None:
+            return self.cfg.source_silence_seconds
+        interval = st.windows.median_interval()
+        return None if interval is None else 10.0 * st.stride * interval
+
+    def sweep(self, now: float, keep_dicts: bool = False) -> Outgoing:
+        """Close the open episodes of sources silent for their silence time (reason
+        ``source_silent``), count the silent sources, and evict sources silent for
+        ``source_evict_seconds`` (their undecided windows are decided first, so nothing is
+        lost).  Returns the records to publish, the states to persist and the evicted sources."""
+        prepared, closed_states, silent = Prepared(), {}, 0
+        for source, st in list(self.sources.items()):
+            quiet = now - st.last_seen
+            if quiet < 1.0:
+                continue
+            if quiet >= self.cfg.source_evict_seconds:
+                flags, thresholds = st.threshold.flush() if not st.static else ((), ())
+                if len(flags):
+                    d = self._decided(source, st, len(flags), flags, thresholds)
+                    d.tracker, d.close_reason = st.tracker, "source_silent"
+                    prepared.flushed.append(d)
+                elif st.tracker.is_open:
+                    prepared.closed.append((source, st.tracker.close(source, "source_silent")))
+                del self.sources[source]
+                prepared.touched[source] = st.partition
+                metrics.SOURCES_EVICTED.inc()
+                continue
+            limit = self.silence_seconds(st)
+            if limit is None or quiet < limit:
+                continue
+            silent += 1
+            if st.tracker.is_open:
+                event = st.tracker.close(source, "source_silent")
+                event["silent_seconds"] = round(quiet, 3)
+                prepared.closed.append((source, event))
+                closed_states[source] = st.partition
+        out = self.finish(prepared, {}, keep_dicts=keep_dicts)
+        out.states = self.states(closed_states)
+        out.evicted = {s: p for s, p in prepared.touched.items()}
+        metrics.SOURCES_SILENT.set(silent)
+        metrics.SOURCES.set(len(self.sources))
+        return out
+
+    def adopt(self, source: str, raw: bytes | None) -> bool:
+        """Load a source from its persisted state without waiting for its next message, when
+        that state holds an open episode or undecided windows (after a restart or rebalance:
+        otherwise a source that stays silent would never be loaded, and its episode never
+        closed).  Returns whether it was loaded."""
+        if source in self.sources:
+            return False
+        saved = decode_state(raw) or {}
+        if not (saved.get("episode") or {}).get("open") and not (saved.get("pending") or {}).get("n"):
+            return False
+        route = self.routes.route(source, self.served)
+        served = self.served.get(route.model) if route is not None else None
+        if served is None:
+            return False
+        self.sources[source] = self._new_source(route, served, saved)
+        return True
 
     def process(self, messages: Sequence[InMessage], keep_dicts: bool = False) -> Outgoing:
         """All three steps in one call (tests, offline use)."""

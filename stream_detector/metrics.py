@@ -33,6 +33,10 @@ LATENCY = Histogram("stream_detector_end_to_end_latency_seconds",
                     "From the timestamp of a window's last point to the publication of its score.",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 SOURCES = Gauge("stream_detector_sources", "Sources with window state on this worker.")
+SOURCES_SILENT = Gauge("stream_detector_sources_silent",
+                       "Sources on this worker that have sent nothing for their silence time (source_silence_seconds).")
+SOURCES_EVICTED = Counter("stream_detector_sources_evicted",
+                          "Sources whose state was dropped after source_evict_seconds of silence.")
 # Model names come from the repository the operator lays out, so the ``model`` label is bounded.
 MODEL = Info("stream_detector_model", "Each model served: version, ONNX Runtime provider, window, threshold method.",
              ["model"])

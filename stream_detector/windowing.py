@@ -131,6 +131,14 @@ class SourceWindows:
             return None
         return self._vals[(self._head - 1) % self.window].copy()
 
+    def median_interval(self) -> float | None:
+        """The median time between the buffered points (None with fewer than two): the
+        source's own pace, from which a silence is judged."""
+        if self._size < 2:
+            return None
+        ts, _ = self._ordered(self._size)
+        return float(np.median(np.diff(ts)))
+
     def _ordered(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The last ``k`` buffered points, oldest first (copies)."""
         idx = (self._head - k + np.arange(k)) % self.window

@@ -36,11 +36,11 @@ def test_quiet_time_delays_the_close():
     assert [e["event"] for e in feed(t2, [2.0, 0.1, 0.1, 0.7, 0.1, 0.1])] == ["opened"]  # 0.7 resets the quiet time
 
 
-def test_state_round_trip_and_silence_expiry():
+def test_state_round_trip_and_close_with_a_reason():
     t = EpisodeTracker(1.0, 0.5, ["a", "b", "c"])
     feed(t, [2.0])
     resumed = EpisodeTracker(1.0, 0.5, ["a", "b", "c"], state=dict(t.state))
     assert resumed.is_open
-    assert resumed.expire("sat-1", now=115.0, silence_seconds=60) == []
-    closed = resumed.expire("sat-1", now=200.0, silence_seconds=60)
-    assert closed[0]["event"] == "closed" and closed[0]["reason"] == "source silent"
+    closed = resumed.close("sat-1", "source_silent")
+    assert closed["event"] == "closed" and closed["reason"] == "source_silent" and closed["peak_score"] == 2.0
+    assert not resumed.is_open and resumed.state == {}

