@@ -44,15 +44,17 @@ def events(out) -> list[dict]:
 def test_silent_source_episode_closes_and_is_counted(sequence_model):
     det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0, source_silence_seconds=30))
     out = det.process(msgs("sat-1", anomalous_tail(200)) + msgs("sat-2", synthetic_series(200, seed=3)))
-    assert [e["event"] for e in events(out)] == ["opened"], "the test data must end inside an episode"
+    mine = [e for e in events(out) if e["source"] == "sat-1"]
+    assert mine[-1]["event"] == "opened", "the test data must end inside an episode"
     seen = det.sources["sat-1"].last_seen
     assert events(det.sweep(seen + 29)) == []
     swept = det.sweep(seen + 31)
-    (closed,) = events(swept)
-    assert closed["event"] == "closed" and closed["reason"] == "source_silent" and closed["source"] == "sat-1"
-    assert closed["silent_seconds"] >= 30
-    assert metrics.SOURCES_SILENT._value.get() == 2  # sat-2 is silent too, with nothing open
-    assert set(swept.states) == {"sat-1"}  # the closed episode is persisted
+    closed = {e["source"]: e for e in events(swept)}
+    assert closed["sat-1"]["event"] == "closed" and closed["sat-1"]["reason"] == "source_silent"
+    assert closed["sat-1"]["episode_id"] == mine[-1]["episode_id"] and closed["sat-1"]["silent_seconds"] >= 30
+    assert all(e["reason"] == "source_silent" for e in closed.values())
+    assert metrics.SOURCES_SILENT._value.get() == 2  # sat-2 is silent too
+    assert set(swept.states) == set(closed)  # the closed episodes are persisted
     assert events(det.sweep(seen + 40)) == []  # closed once
     assert not det.sources["sat-1"].tracker.is_open
 
@@ -71,7 +73,7 @@ def test_eviction_decides_pending_windows_and_closes(sequence_model, tmp_path):
     cfg = WorkerConfig(model_repository=str(repo), metrics_port=0, stride=1, source_evict_seconds=600,
                        routes=parse_routes([{"sources": "*", "model": "m", "threshold": spec}]))
     det = Detector(cfg)
-    n = 205
+    n = 208  # 193 windows: 3 beyond the last full batch of 10 stay undecided
     out = det.process(msgs("sat-1", anomalous_tail(n)))
     held = det.sources["sat-1"].threshold.pending
     assert held > 0
@@ -89,9 +91,12 @@ def test_adopt_loads_only_sources_with_something_open(sequence_model):
     out = det.process(msgs("open", anomalous_tail(200)) + msgs("calm", synthetic_series(200, seed=4)))
     table = {s: raw for s, (_, raw) in out.states.items()}
     fresh = Detector(cfg)
-    assert fresh.adopt("open", table["open"]) and not fresh.adopt("calm", table["calm"])
-    (closed,) = events(fresh.sweep(time.time() + 10))
-    assert closed["reason"] == "source_silent" and closed["episode_id"] == events(out)[0]["episode_id"]
+    calm_open = det.sources["calm"].tracker.is_open
+    assert fresh.adopt("open", table["open"]) and fresh.adopt("calm", table["calm"]) == calm_open
+    assert "calm" in fresh.sources if calm_open else "calm" not in fresh.sources
+    closed = {e["source"]: e for e in events(fresh.sweep(time.time() + 10))}
+    last_open = [e for e in events(out) if e["source"] == "open"][-1]
+    assert closed["open"]["reason"] == "source_silent" and closed["open"]["episode_id"] == last_open["episode_id"]
 
 
 @pytest.mark.slow
@@ -108,16 +113,17 @@ def test_silent_source_closed_across_a_sigkill(sequence_model, tmp_path):
         try:
             send(broker.bootstrap, cfg.topic_input, point_messages("sat-9", anomalous_tail(300), batch=20))
             sent = time.monotonic()
-            opened = read_records(broker.bootstrap, cfg.topic_alerts, 1, timeout=30, settle=0.2)
-            assert [e["event"] for e in opened] == ["opened"]
+            before = read_records(broker.bootstrap, cfg.topic_alerts, 1, timeout=30, settle=1.0)
+            assert before and before[-1]["event"] == "opened"
             assert time.monotonic() - sent < 8, "too slow to kill the worker before the silence elapses"
             worker.kill()  # the first worker never closes it
             worker = WorkerProcess(cfg, tmp_path, name="restarted").start()
-            alerts = read_records(broker.bootstrap, cfg.topic_alerts, 2, timeout=60, settle=3.0)
+            alerts = read_records(broker.bootstrap, cfg.topic_alerts, len(before) + 1, timeout=60, settle=3.0)
             text = worker.scrape()
         finally:
             worker.stop()
-    assert [(e["event"], e.get("reason")) for e in alerts] == [("opened", None), ("closed", "source_silent")]
-    assert alerts[0]["episode_id"] == alerts[1]["episode_id"]
+    assert alerts[:len(before)] == before  # nothing re-opened by the restart
+    assert [(e["event"], e.get("reason")) for e in alerts[len(before):]] == [("closed", "source_silent")]
+    assert alerts[-1]["episode_id"] == before[-1]["episode_id"]
     assert metric(text, "stream_detector_sources_silent") == 1
     assert metric(text, "stream_detector_alert_episodes_open") == 0
