@@ -335,17 +335,15 @@ class Detector:
             threshold, pending = make_threshold(spec, stride), Pending(len(channels))
         if len(pending) != threshold.pending:  # the two must agree, or decisions would misalign
             threshold, pending = make_threshold(spec, stride), Pending(len(channels))
-        tracker = EpisodeTracker(float(spec["value"]), float(spec.get("release", spec["value"])), list(channels),
-                                 self.cfg.alert_quiet_seconds, self.cfg.alert_top_channels,
-                                 state=dict(saved.get("episode") or {}) if same_model else {})
+        tracker = self._tracker(channels, spec, saved.get("episode") if same_model else None)
         version = int(saved.get("version", served.version)) if same_model else served.version
         return Source(route, served, stride, windows, spec, threshold, tracker, pending, channels, version,
                       partition=int(saved.get("partition", 0)), last_seen=float(saved.get("seen", time.time())))
 
-    def _tracker(self, served: Served, spec: dict, state: dict | None) -> EpisodeTracker:
+    def _tracker(self, channels: Sequence[str], spec: dict, state: dict | None) -> EpisodeTracker:
         value = float(spec.get("value", math.inf))
         release = float(spec.get("release", value))
-        return EpisodeTracker(value, release, served.channels, self.cfg.alert_quiet_seconds,
+        return EpisodeTracker(value, release, list(channels), self.cfg.alert_quiet_seconds,
                               self.cfg.alert_top_channels, state=dict(state or {}))
 
     def _source(self, source: str, prepared: Prepared) -> Source:
@@ -386,9 +384,9 @@ class Detector:
                 flushed.close_reason = "model_changed"
             elif old_tracker.is_open:
                 prepared.closed.append((source, old_tracker.close(source, "model_changed")))
-            st.tracker = self._tracker(served, spec, None)
+            st.tracker = self._tracker(served.channels, spec, None)
         else:
-            st.tracker = self._tracker(served, spec, st.tracker.state)
+            st.tracker = self._tracker(served.channels, spec, st.tracker.state)
         if not same_channels or not st.windows.compatible_with(served.scorer.window, stride, len(served.channels)):
             offset = st.windows.last_offset
             st.windows = SourceWindows(served.scorer.window, stride, len(served.channels), self.cfg.max_gap_seconds)
@@ -439,9 +437,10 @@ class Detector:
             metrics.SOURCES.set(len(self.sources))
 
         now = time.time()
+        source_of = next(iter(self.served.values())).decoder.source_of  # the same rules for every model
         for msg in messages:
             try:
-                source = self.served_decoder_source(msg.key)
+                source = source_of(msg.key)
                 st = self._source(source, prepared)
                 sw = st.windows
                 if sw.last_offset is not None and msg.offset <= sw.last_offset:
@@ -474,10 +473,6 @@ class Detector:
                     prepared, n_windows = Prepared(), 0
         flush_counts()
         yield prepared
-
-    def served_decoder_source(self, key: bytes | str | None) -> str:
-        """The source id of a message key (the same rules for every model)."""
-        return next(iter(self.served.values())).decoder.source_of(key)
 
     # -- step 2 ------------------------------------------------------------------------------
     def score(self, prepared: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,39 @@ def metric(text: str, name: str, **labels) -> float:
 def read_raw(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
     """``(key, value)`` of every message on ``topic`` (for input topics, which hold no records)."""
     return asyncio.run(_read(bootstrap, topic, expected, timeout, 1.0, decode=lambda m: (m.key, m.value)))
+
+
+@contextmanager
+def killed_mid_stream(broker, cfg: WorkerConfig, workdir: Path, messages, windows_before_kill: int,
+                      pace: float = 0.01):
+    """The real worker, SIGKILLed while a paced sender is still producing ``messages`` (once it
+    has scored ``windows_before_kill`` windows: no shutdown, no final commit), and a fresh
+    worker started in its place; yields the restarted worker after the sender has finished."""
+    import threading
+
+    from stream_detector.worker import WorkerProcess
+
+    done = threading.Event()
+
+    def paced() -> None:
+        try:
+            send(broker.bootstrap, cfg.topic_input, messages, pace=pace)
+        finally:
+            done.set()
+
+    worker = WorkerProcess(cfg, workdir).start()
+    sender = threading.Thread(target=paced)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 30
+        while metric(worker.scrape(), "stream_detector_windows_scored_total") < windows_before_kill \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not done.is_set(), "the stream ended before the kill; slow the sender down"
+        worker.kill()
+        worker = WorkerProcess(cfg, workdir, name="restarted").start()
+        sender.join()
+        yield worker
+    finally:
+        sender.join()
+        worker.stop()

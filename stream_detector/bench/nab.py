@@ -517,8 +517,8 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     from ..errors import UserError
     from ..scoring import Scorer, point_scores, score_series
     from .nab_scorer import probationary_length, score_arrays
-    from .telemanom import cpu_model
-    from .via_worker import run_via_worker
+    from .machine import cpu_model
+    from .via_worker import run_via_worker, write_report
 
     if cfg.get("combine", "none") != "none":
         raise UserError(f"--combine {cfg['combine']} is not supported via the worker: the worker applies one "
@@ -630,14 +630,10 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     }
     if run.missing or run.timed_out:
         result["worker_log_tail"] = run.worker_log_tail
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{a.name}_via_worker"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out / f"{stem}.md").write_text(via_worker_markdown(result))
+    written = write_report(a.out, f"{a.name}_via_worker", result, via_worker_markdown(result))
     print("; ".join(f"{p}: offline {scores['offline'][p]['score']:.2f}, worker {scores['worker'][p]['score']:.2f}"
                     for p in scores["offline"]) + f"; largest likelihood difference "
-          f"{result['max_likelihood_difference']}; written to {out / stem}.json/.md", flush=True)
+          f"{result['max_likelihood_difference']}; written to {written}.json/.md", flush=True)
     if run.missing:
         print(f"worker records missing after {a.worker_timeout:.0f} s: {run.missing}", flush=True)
     return 0

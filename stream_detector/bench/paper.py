@@ -54,6 +54,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .machine import cpu_model
+
 PAPER = "Haloui et al., \"Anomaly detection with Wasserstein GAN\" (arXiv:1812.02463)"
 PAPER_MNIST_AUPRC = {0: 0.97, 1: 0.51, 2: 0.89, 3: 0.78, 4: 0.83, 5: 0.72, 6: 0.87, 7: 0.57, 8: 0.90, 9: 0.70}
 HAR_ACTIVITIES = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING")
@@ -95,17 +97,6 @@ def metric_functions():
         return average_precision_score, roc_auc_score, "sklearn.metrics (average_precision_score, roc_auc_score)"
 
 
-def _cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(jobs: int, threads: int) -> dict:
     import torch
 
@@ -113,7 +104,7 @@ def machine_info(jobs: int, threads: int) -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    return {"platform": platform.platform(), "processor": _cpu_model(),
+    return {"platform": platform.platform(), "processor": cpu_model(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads_per_model": threads, "parallel_models": jobs, "load_average_at_start": load}
 

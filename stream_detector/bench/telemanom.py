@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import machine
+
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
                      "TadGAN (Geiger et al. 2020)": 0.573}
 METHODS = ("quantile", "pot", "dynamic", "telemanom")
@@ -378,16 +380,6 @@ def worker_threshold(method: str, c: dict, thresholds: dict) -> dict:
     raise ValueError(f"no worker threshold for {method!r}")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _span(flags: np.ndarray) -> list[int] | None:
     idx = np.flatnonzero(flags)
     return [int(idx[0]), int(idx[-1])] if len(idx) else None
@@ -418,7 +410,7 @@ def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[st
     """``--via-worker``: the test splits through the real worker vs the offline thresholds."""
     from ..card import load_card
     from ..errors import UserError
-    from .via_worker import run_via_worker
+    from .via_worker import run_via_worker, write_report
 
     if not a.models:
         raise UserError("--via-worker needs --models DIR: the per-channel models of an earlier run "
@@ -481,7 +473,7 @@ def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[st
     result = {
         "dataset": name.upper(), "data": str(data), "models": str(models), "method": method, "stride": a.stride,
         "threshold": run.threshold, "config": cfg, "max_points": a.max_points,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "wall_seconds": round(time.monotonic() - started, 1),
         "worker": run.summary(),
@@ -492,15 +484,11 @@ def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[st
     }
     if run.missing or run.timed_out:  # what the worker was doing when the wait gave up
         result["worker_log_tail"] = run.worker_log_tail
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}_via_worker"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out / f"{stem}.md").write_text(via_worker_markdown(result))
+    written = write_report(a.out, f"{name}_via_worker", result, via_worker_markdown(result))
     t = result["totals"]
     print(f"{method}: event F1 offline {t['offline']['f1']:.3f}, via the worker {t['worker']['f1']:.3f}; "
           f"{len(result['channels_with_different_detections'])} of {len(chans)} channels detect differently; "
-          f"written to {out / stem}.json/.md")
+          f"written to {written}.json/.md")
     missing = run.missing
     if missing:
         print(f"worker records missing after {a.worker_timeout:.0f} s: {missing}", flush=True)

@@ -219,19 +219,9 @@ def _background() -> dict[str, Any]:
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "other_benchmarks": others}
 
 
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict[str, Any]:
+    from .machine import cpu_model
+
     return {"cpus": os.cpu_count(), "cores": os.cpu_count(), "cpu_model": cpu_model(),
             "platform": platform.platform(), "python": platform.python_version()}
 

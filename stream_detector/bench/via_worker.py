@@ -24,6 +24,7 @@ for forever.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -57,6 +58,15 @@ def window_flags_to_points(n_points: int, end_idx: np.ndarray, flags: np.ndarray
     ok = idx >= 0
     out[ok] = np.asarray(flags, dtype=bool)[idx[ok]]
     return out
+
+
+def write_report(out: str | Path, stem: str, result: dict, markdown: str) -> Path:
+    """``<out>/<stem>.json`` and ``.md`` of a via-worker comparison; returns ``<out>/<stem>``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    return out / stem
 
 
 def route_spec(card: ModelCard, threshold: Mapping) -> dict:
