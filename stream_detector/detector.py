@@ -622,7 +622,7 @@ class Detector:
         ``source_silent``), count the silent sources, and evict sources silent for
         ``source_evict_seconds`` (their undecided windows are decided first, so nothing is
         lost).  Returns the records to publish, the states to persist and the evicted sources."""
-        prepared, closed_states, silent = Prepared(), {}, 0
+        prepared, closed_states, evicted, silent = Prepared(), {}, {}, 0
         for source, st in list(self.sources.items()):
             quiet = now - st.last_seen
             if quiet < 1.0:
@@ -636,7 +636,7 @@ class Detector:
                 elif st.tracker.is_open:
                     prepared.closed.append((source, st.tracker.close(source, "source_silent")))
                 del self.sources[source]
-                prepared.touched[source] = st.partition
+                evicted[source] = st.partition
                 metrics.SOURCES_EVICTED.inc()
                 continue
             limit = self.silence_seconds(st)
@@ -650,7 +650,7 @@ class Detector:
                 closed_states[source] = st.partition
         out = self.finish(prepared, {}, keep_dicts=keep_dicts)
         out.states = self.states(closed_states)
-        out.evicted = {s: p for s, p in prepared.touched.items()}
+        out.evicted = evicted
         metrics.SOURCES_SILENT.set(silent)
         metrics.SOURCES.set(len(self.sources))
         return out
