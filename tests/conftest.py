@@ -1,13 +1,21 @@
-"""Shared fixtures: tiny models trained in seconds on synthetic data, and the shared data folder."""
+"""Shared fixtures: the committed tiny model (no torch needed), tiny models trained in seconds on
+synthetic data (torch), and the shared data folder."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stream_detector.data import data_root
+
+#: A model directory (model.onnx + model.json) built once by tests/data/build_tiny_model.py
+#: with ``tiny_model`` below; see tests/data/README.md.  The worker tests use it, so they run
+#: on an install without PyTorch, as the worker does.
+TINY_MODEL = Path(__file__).resolve().parent / "data" / "tiny-sequence"
 
 
 def synthetic_series(n: int = 1200, seed: int = 0) -> np.ndarray:
@@ -28,9 +36,34 @@ def tiny_model(out: Path, transform: str = "sequence", window: int = 16, encoder
                             cfg=cfg, plot_size=8, name="tiny", version="1", progress=False)
 
 
+def expected_provider(requested: list[str] | None = None) -> str:
+    """The ONNX Runtime provider a scorer must run on: the first of the requested providers that
+    this onnxruntime build reports available.  Unless told otherwise the worker requests CUDA
+    then CPU when an NVIDIA GPU is visible (the driver's /proc entry or CUDA_VISIBLE_DEVICES),
+    and CPU alone otherwise."""
+    import onnxruntime as ort
+
+    if requested is None:
+        gpu = os.path.exists("/proc/driver/nvidia") or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        requested = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    return next(p for p in requested if p in available)
+
+
 @pytest.fixture(scope="session")
 def sequence_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model-seq")
+    """The committed tiny model (channels a, b, c; window 16, stride 4), copied so that no test
+    can alter the committed files.  Needs no PyTorch."""
+    out = tmp_path_factory.mktemp("model-seq") / "tiny-sequence"
+    shutil.copytree(TINY_MODEL, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_sequence_model(tmp_path_factory) -> Path:
+    """The same recipe trained now by the current training and export code (needs PyTorch): for
+    the tests of training and export themselves."""
+    out = tmp_path_factory.mktemp("model-seq-trained")
     tiny_model(out)
     return out
 

@@ -43,8 +43,8 @@ def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch):
     assert abs(single[0] - onnx_score[5]) < 1e-5
 
 
-def test_card_records_the_contract(sequence_model):
-    card = load_card(sequence_model)
+def test_card_records_the_contract(trained_sequence_model):
+    card = load_card(trained_sequence_model)
     assert card.channels == ("a", "b", "c") and card.window == 16 and card.stride == 4
     assert card.transform == "sequence" and card.normalisation["method"] == "minmax"
     thr = card.threshold
@@ -52,12 +52,12 @@ def test_card_records_the_contract(sequence_model):
     assert card.graph["flops_per_window"] > 0
     assert {"torch", "onnxruntime", "numpy"} <= set(card.libraries)
     assert card.training["train_points"] + card.training["calibration_points"] == 1200
-    assert (sequence_model / "training_curves.png").stat().st_size > 1000
+    assert (trained_sequence_model / "training_curves.png").stat().st_size > 1000
 
 
-def test_threshold_matches_calibration_quantile(sequence_model):
+def test_threshold_matches_calibration_quantile(trained_sequence_model):
     """The card's threshold is the q-quantile of the held-out windows' scores from the ONNX graph."""
-    scorer = Scorer(sequence_model)
+    scorer = Scorer(trained_sequence_model)
     values = synthetic_series()[960:]  # the held-out 20 %
     windows = np.stack([values[i:i + 16] for i in range(len(values) - 15)])
     scores = scorer.score(windows)[0]
