@@ -30,7 +30,15 @@ def _spacecraft(root):
         w.writerows(rows)
 
 
+def _labels(n: int, start: int, end: int) -> np.ndarray:
+    labels = np.zeros(n, bool)
+    labels[start:end + 1] = True
+    return labels
+
+
 def test_telemanom_bench_writes_tables(tmp_path):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     from stream_detector.bench.telemanom import METHODS, main
 
     _spacecraft(tmp_path / "toy")
@@ -42,12 +50,24 @@ def test_telemanom_bench_writes_tables(tmp_path):
     assert [r["channel"] for r in result["channels"]] == ["X-1", "X-2"]
     for r in result["channels"]:
         assert r["label_ranges"] == [[400, 439]] and r["points"] == 700
-        assert 0.0 <= r["auprc"] <= 1.0
+        # The burst (+3 on a channel that stays within +-1 in training, 40 points long) must be
+        # found by every method, and the static thresholds must raise it within one window.
         for m in METHODS:
             e = r["methods"][m]
-            assert e["tp"] + e["fn"] == 1  # one labelled segment per channel
+            assert (e["tp"], e["fn"]) == (1, 0), f"{r['channel']} {m}: the burst was missed: {e}"
+        hit = [seg for seg in r["methods"]["quantile"]["predicted"] if seg[0] <= 439 and seg[1] >= 400]
+        assert len(hit) == 1 and 400 <= hit[0][0] < 400 + 16, hit
+        # AUPRC / ROC-AUC are those of the saved per-point scores against the labels (NaN-free part)
+        with np.load(tmp_path / "models" / r["channel"] / "scores.npz") as z:
+            scores = z["test_scores"]
+        ok, labels = np.isfinite(scores), _labels(700, 400, 439)
+        assert ok.sum() == 700 - 15  # one window (16) before the first score
+        assert r["auprc"] == pytest.approx(average_precision_score(labels[ok], scores[ok]), abs=1e-12)
+        assert r["roc_auc"] == pytest.approx(roc_auc_score(labels[ok], scores[ok]), abs=1e-12)
+        assert r["auprc"] > 0.8 and r["roc_auc"] > 0.95  # against a base rate of 40 / 685
     total = result["summary"]["methods"]["quantile"]
-    assert total["tp"] + total["fn"] == 2
+    assert (total["tp"], total["fn"], total["recall"]) == (2, 0, 1.0)
+    assert result["summary"]["mean_auprc"] == pytest.approx(np.mean([r["auprc"] for r in result["channels"]]))
     md = (tmp_path / "out" / "toy.md").read_text()
     assert "event F1" in md and "X-2" in md
     assert len(result["plots"]) == 2
@@ -63,6 +83,56 @@ def test_telemanom_bench_writes_tables(tmp_path):
     for r0, r1 in zip(result["channels"], again["channels"]):
         assert r0["methods"] == r1["methods"] and r0["train_seconds"] == r1["train_seconds"]
     assert "--rescore" in (tmp_path / "out" / "toy_rescored.md").read_text()
+
+
+def _save_scores(models, chan: str, test_scores: np.ndarray, rng) -> None:
+    """A channel's raw scores as a run saves them, with held-out calibration scores in [0.08, 0.12],
+    a quantile threshold of 0.2 and a release level of 0.15."""
+    (models / chan).mkdir(parents=True)
+    np.savez(models / chan / "scores.npz", test_scores=test_scores, calibration_scores=rng.uniform(0.08, 0.12, 2000),
+             quantile_threshold=0.2, release=0.15, train_points=900, train_seconds=1.0, score_seconds=0.1,
+             stopped_early_by_budget=False)
+
+
+def test_rescore_on_scores_built_to_be_detected_and_to_be_missed(tmp_path):
+    """Scores made by hand, so every figure is known: on X-1 the labelled segment (400..439)
+    scores 5.0 against a background in [0.09, 0.11] (every threshold lies between), so every
+    method must find it and nothing else, with AUPRC 1; on X-2 the same burst sits off the
+    labels (600..639) and the labelled points hold the lowest score, so every method must miss
+    them and raise one false alarm, and AUPRC is the base rate: with the 40 positives tied
+    below all 645 negatives the one threshold that recalls them flags all 685 scored points,
+    precision 40 / 685 at recall 1."""
+    from stream_detector.bench.telemanom import DEFAULT_CONFIG, METHODS, main
+
+    _spacecraft(tmp_path / "toy")  # the labels ([400, 439] on both channels) and test series for the plots
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "config.json").write_text(json.dumps({**DEFAULT_CONFIG, "window": 16}))
+    rng = np.random.default_rng(0)
+    n = 700
+    found = np.full(n, np.nan)  # no score before the first complete window
+    found[15:] = rng.uniform(0.09, 0.11, n - 15)
+    found[400:440] = 5.0
+    missed = np.full(n, np.nan)
+    missed[15:] = rng.uniform(0.09, 0.11, n - 15)
+    missed[600:640] = 5.0
+    missed[400:440] = 0.085
+    _save_scores(models, "X-1", found, rng)
+    _save_scores(models, "X-2", missed, rng)
+    assert main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(models),
+                 "--out", str(tmp_path / "out"), "--name", "hand"]) == 0
+    result = json.loads((tmp_path / "out" / "hand.json").read_text())
+    x1, x2 = result["channels"]
+    assert x1["auprc"] == 1.0 and x1["roc_auc"] == 1.0
+    assert x2["auprc"] == pytest.approx(40 / 685, abs=1e-12) and x2["roc_auc"] == 0.0
+    for m in METHODS:
+        assert (x1["methods"][m]["tp"], x1["methods"][m]["fp"], x1["methods"][m]["fn"]) == (1, 0, 0), m
+        assert (x2["methods"][m]["tp"], x2["methods"][m]["fp"], x2["methods"][m]["fn"]) == (0, 1, 1), m
+        assert result["summary"]["methods"][m]["f1"] == pytest.approx(0.5)
+    for m in ("quantile", "pot"):  # episodes open at the threshold and close below the release level
+        assert x1["methods"][m]["predicted"] == [[400, 439]] and x2["methods"][m]["predicted"] == [[600, 639]]
+    assert x1["thresholds"]["quantile"] == 0.2 and 0.11 < x1["thresholds"]["pot"] < 5.0
+    assert result["summary"]["mean_auprc"] == pytest.approx((1.0 + 40 / 685) / 2)
 
 
 def test_telemanom_bench_rejects_a_wrong_folder(tmp_path):

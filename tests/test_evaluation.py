@@ -43,6 +43,16 @@ def test_point_adjusted_counts_whole_segment():
     assert (pa["tp"], pa["fp"], pa["fn"]) == (5, 1, 0)
 
 
+def test_auprc_is_average_precision_counted_by_hand():
+    # ranked 1 0 1 0 0 1: recall steps of 1/3 at precisions 1/1, 2/3 and 3/6
+    assert m.auprc(np.array([1, 0, 1, 0, 0, 1]), np.array([.9, .8, .7, .6, .5, .4])) == pytest.approx(13 / 18)
+    # the one anomaly ranked last: found only when all four are flagged, precision 1/4
+    assert m.auprc(np.array([0, 0, 0, 1]), np.array([4.0, 3.0, 2.0, 1.0])) == pytest.approx(0.25)
+    # two anomalies tied with the lowest of eight scores: precision 2/8 at recall 1
+    assert m.auprc(np.array([0] * 6 + [1, 1]), np.array([9, 8, 7, 6, 5, 4, 1, 1.0])) == pytest.approx(0.25)
+    assert m.auprc(np.array([1, 1, 0, 0]), np.array([4.0, 3.0, 2.0, 1.0])) == 1.0
+
+
 def test_threshold_free_metrics_match_sklearn_and_ignore_nan():
     rng = np.random.default_rng(0)
     labels = np.zeros(500, bool)
