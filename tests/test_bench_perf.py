@@ -120,7 +120,10 @@ def test_throughput_bench_smoke(tmp_path):
     for entry in seq["kinds"].values():
         assert entry["points_per_s"] > 0 and entry["windows_per_s"] > 0
         assert {"ratio_to_passthrough", "ratio_to_aiokafka", "worker_cpu_us_per_point"} <= set(entry)
-        assert {"p50", "p95", "p99"} <= set(entry["latency"])
+        lat = entry["latency"]
+        assert {"p50", "p95", "p99"} <= set(lat) and lat["windows"] > 0
+        # publication after the window's last point was stamped, and within the short live phase and its drain
+        assert 0 < lat["p50"] and lat["max"] < 60, lat
         run = entry["runs"][0]
         assert run["windows"] == run["expected_windows"]
         assert "loadavg" in run["background_before"]
@@ -130,6 +133,17 @@ def test_throughput_bench_smoke(tmp_path):
     assert sweep[0]["runs"][0]["windows"] == sweep[0]["runs"][0]["expected_windows"]  # stride 16's own count
     md = (out / "throughput.md").read_text()
     assert "| sequence |" in md and "| sequence | 16 |" in md
+
+
+def test_latency_percentiles_are_numpy_percentiles():
+    from stream_detector.bench import throughput
+
+    # 1..100: numpy's linear interpolation puts p50 at 50.5, p95 at 95.05 and p99 at 99.01
+    assert throughput.percentiles(np.arange(1, 101)) == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01})
+    assert throughput.percentiles([0.3, 0.1, 0.2]) == pytest.approx({"p50": 0.2, "p95": 0.29, "p99": 0.298})
+    lat = np.random.default_rng(0).lognormal(-3, 1, 1000)  # skewed, like real latencies
+    assert throughput.percentiles(list(lat)) == {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
+    assert throughput.percentiles([]) == {"p50": None, "p95": None, "p99": None}
 
 
 def test_scaling_report_from_results(tmp_path):
