@@ -114,6 +114,20 @@ def expected_starts(n_points: int, window: int, stride: int, offset: int = 0) ->
     return [T0 + DT * (offset + s) for s in range(0, n_points - window + 1, stride)]
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate()`` until it returns something truthy, and return that; fail with ``what``
+    (and the last value seen) once ``timeout`` seconds have passed, rather than let the test go
+    on with a system that is not in the state it needs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
 def metric(text: str, name: str, **labels) -> float:
     """The value of one sample in a Prometheus exposition (0 when absent); without labels, the
     sum over every label set of ``name``."""

