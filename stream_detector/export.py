@@ -7,6 +7,10 @@ into one module from raw windows to scores, so the ONNX file is the whole model:
 transformed input and ``A_D = mean((f(x) - f(G(E(x))))^2)`` over the critic's last hidden
 layer (f-AnoGAN, without square roots).  ``channel_scores`` splits ``A_R`` over the input
 channels so an alert can name the channels that drove it.
+
+Sequence conv scorers are written in the form of :mod:`.onnx_graph` (the same function,
+re-expressed for ONNX Runtime's fast CPU kernels, checked against the plain export at every
+export); the others as PyTorch exports them.
 """
 
 from __future__ import annotations
@@ -50,13 +54,71 @@ class AnomalyScorer(nn.Module):
         return score, self.transform.channel_attribution(window, residual), x, recon
 
 
-def export_onnx(scorer: AnomalyScorer, window: int, n_channels: int, path: Path, opset: int = 17) -> None:
-    """Write the scorer as ONNX with a dynamic batch axis (TorchScript exporter: fast, no onnxscript)."""
+def scorer_from_model_dir(model_dir: Path | str) -> AnomalyScorer:
+    """The PyTorch scorer of a model directory, rebuilt from its card and the weights in its
+    ``model.onnx`` (plain export or fast form, :func:`.onnx_graph.state_dict_params`): what
+    the benchmark exports plainly to measure "before", and what tests compare against."""
+    import numpy as np
+    import onnx
+
+    from . import onnx_graph
+    from .card import load_card
+    from .nets import default_sizes
+
+    card = load_card(model_dir)
+    cfg = card.training.get("config", {})
+    wt = WindowTransform(card.transform, card.normalisation, card.window, card.plot_size or 32)
+    shape = wt.output_shape()
+    arch = cfg.get("arch", "conv")
+    width, latent = default_sizes(shape, arch)
+    width, latent = cfg.get("width") or width, cfg.get("latent_dim") or latent
+    scorer = AnomalyScorer(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
+                           Critic(arch, shape, width), float(card.score.get("kappa", 1.0)))
+    params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
+    state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+    missing, unexpected = scorer.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("critic.head.") and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: weights do not fit the card's networks "
+                         f"(missing {missing}, unexpected {unexpected})")
+    for name, module in scorer.named_modules():
+        if f"{name}.weight" in eps:
+            module.eps = eps[f"{name}.weight"]
+    return scorer.eval()
+
+
+def export_onnx(scorer: AnomalyScorer, window: int, n_channels: int, path: Path, opset: int = 17,
+                optimise: bool = True) -> str:
+    """Write the scorer as ONNX with a dynamic batch axis (TorchScript exporter: fast, no onnxscript).
+
+    With ``optimise`` (the default) a sequence conv scorer is written in the form ONNX Runtime
+    runs fast (:mod:`.onnx_graph`: 2-D convolutions for its NCHWc kernels, transposed
+    convolutions as phase convolutions, batch norm folded), after checking that it gives the
+    plain export's outputs; other scorers, and ``optimise=False``, get the plain export.
+    Returns the form written (``onnx_graph.FORM`` or ``"plain"``).
+    """
+    import io
+
+    from . import onnx_graph
+
     example = torch.zeros(2, window, n_channels)
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            scorer, (example,), str(path), input_names=["window"], output_names=list(OUTPUTS),
+            scorer, (example,), buf, input_names=["window"], output_names=list(OUTPUTS),
             dynamic_axes={name: {0: "batch"} for name in ("window",) + OUTPUTS},
             opset_version=opset, dynamo=False,
         )
+    graph, form = buf.getvalue(), onnx_graph.PLAIN
+    if optimise and scorer.transform.kind == "sequence":
+        try:
+            graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer))
+            form = onnx_graph.FORM
+        except onnx_graph.NotApplicable:
+            pass
+        except onnx_graph.GraphMismatch as e:  # a bug in the re-expression: never serve it, say so
+            warnings.warn(f"the fast ONNX form disagrees with the plain export ({e}); writing the plain graph",
+                          RuntimeWarning, stacklevel=2)
+    Path(path).write_bytes(graph)
+    return form

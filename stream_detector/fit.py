@@ -124,7 +124,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     x = _transform_windows(wt, _windows(train_parts, window, train_stride))
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
     scorer = AnomalyScorer(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
-    export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
+    form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 
     # Calibrate on the held-out normal windows with the exported graph itself, in memory: the
@@ -142,7 +142,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         graph={"inputs": {"window": ["batch", window, len(channels)]},
                "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
                            "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
-               "flops_per_window": flops},
+               "flops_per_window": flops, "form": form},
         training={"config": config_dict(cfg), "source": source, "points": n, "segments": len(segments),
                   "train_points": split, "calibration_points": n - split, "train_windows": int(len(x)),
                   "train_window_stride": train_stride, "seconds": round(time.monotonic() - started, 2),

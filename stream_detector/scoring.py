@@ -63,6 +63,10 @@ class Scorer:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # ONNX Runtime's default, stated because the fast form of sequence models depends on it:
+        # its NCHWc layout transformer (level ALL only) is what makes their convolutions fast
+        # (onnx_graph.py; at EXTENDED they run 2.5x slower).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -73,7 +77,10 @@ class Scorer:
             raise ModelLoadError(f"{self.model_dir}: ONNX Runtime cannot load model.onnx ({e})") from None
         self.provider: str = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        log.info("model %s:%s loaded with %s", self.name, self.version, self.provider)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        #: ``sequence-conv2d-v1`` for a graph re-expressed by onnx_graph.py, else ``plain``
+        self.graph_form: str = meta.get("stream_detector.graph_form", "plain")
+        log.info("model %s:%s loaded with %s (graph form %s)", self.name, self.version, self.provider, self.graph_form)
 
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``[B]`` and per-channel scores ``[B, C]`` of raw windows ``[B, W, C]``, one ORT call."""
