@@ -427,6 +427,11 @@ class EmbeddedBroker:
         return f"kafka://{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The Tansu process id while it runs (benchmarks sample its memory), else None."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def security_protocol(self) -> str:
         sasl = self._users is not None
         if self.tls_cert is not None:

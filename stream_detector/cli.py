@@ -264,6 +264,8 @@ BENCHES = {
     "nab": "the Numenta Anomaly Benchmark, scored by the package's NAB scorer",
     "throughput": "points/s and latency of the real worker on the embedded broker",
     "inference": "windows/s of ONNX Runtime vs PyTorch by batch size, against the matmul peak",
+    "soak": "10,000 sources for 20 minutes at half the measured maximum: worker RSS, p99 latency and lag over time",
+    "overload": "twice the measured maximum for 2 minutes, then nothing: bounded memory, every window scored",
 }
 
 
