@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -105,6 +106,19 @@ def test_inference_bench_smoke(tmp_path):
         assert m["flops_per_window"] > 0 and m["best_windows_per_s"] > 0
         assert {"onnxruntime_cpu_windows_per_s", "torch_eager_windows_per_s", "ort_over_torch"} <= set(m["rows"][0])
     assert "share of matmul peak" in (tmp_path / "inference.md").read_text()
+    # the production model before (plain) and after (fast), with the machine and the same-run calibration
+    assert res["machine"]["cpu_model"] and res["machine"]["cores"] == os.cpu_count()
+    prod = res["production"]
+    cal = prod["rounds"][0]["calibration"]
+    assert cal["gemm_peak_gflops"] >= cal["numpy_sgemm_gflops"] > 0 and cal["python_loop_ns_per_iteration"] > 0
+    assert {(r["form"], r["config"]) for r in prod["rows"]} == {(f, c) for f in ("plain", "fast")
+                                                                for c in ("1 thread", "worker")}
+    for r in prod["rows"]:
+        assert r["gflops"] == pytest.approx(prod["flops_per_window"] * r["windows_per_s"] / 1e9)
+        assert r["ratio_to_gemm_peak"] == pytest.approx(r["gflops"] / cal["gemm_peak_gflops"])
+    assert prod["flops_per_window"] == 1867776
+    assert isinstance(prod["target_met"], bool) and set(prod["target"]) == {"8"}
+    assert {p["nodes"] > 0 for p in prod["profile"].values()} == {True} and set(prod["profile"]) == {"plain", "fast"}
 
 
 @pytest.mark.slow

@@ -1,17 +1,30 @@
 """Model compute: ``stream-detector bench inference``.
 
-For each scorer shape (the production networks of ``nets.py``, sized by
-``nets.default_sizes`` unless a width is given), windows/s at batch sizes 1 to 256, ONNX
-Runtime against PyTorch eager on the same module with the same thread count, the FLOPs per
-window (``nets.count_flops``: convolutions and linear layers, 2 per multiply-add), and the
-GFLOP/s achieved beside this machine's own measured float32 matrix-multiply peak.
+Two parts, in one run, on one machine (named: CPU model and core count), each figure beside
+calibration figures taken in the same run (medians of ``--runs`` rounds, at least 3):
 
-Speed does not depend on the weights, so the networks are randomly initialised (no
-training); the ONNX graph is exported with the project's exporter, exactly as a trained
-model would be.  CPU always; ONNX Runtime's CUDA provider as well when an NVIDIA GPU is
-visible (the JSON records which).  Each figure is the median of repeated calls over at
-least ``--seconds`` per batch size; batch sizes stop growing once one call takes longer than
-``--max-call-seconds`` (the 1-GFLOP scorer at batch 256 would take several seconds a call).
+* **The production model** (``models/smap-demo/1``, the sequence model the worker serves) in
+  its two forms: *plain* (PyTorch's export of its weights, what every sequence model was
+  before) and *fast* (:mod:`stream_detector.onnx_graph`, the committed file), at the batch
+  sizes the worker uses (``batch_max_windows`` is 64; a busy worker calls with 8 to 64), with
+  one intra-op thread and as the worker builds its scorer (ONNX Runtime's default thread count,
+  spinning off).  Windows/s, µs per window, GFLOP/s of the model's own FLOPs, and the ratio to
+  the machine's float32 GEMM peak measured in the same round; a per-node profile (ONNX
+  Runtime's own profiler) of both forms says where the time goes; a few session options are
+  measured beside them.
+* **Scorer shapes** (the production networks of ``nets.py``, sized by ``nets.default_sizes``
+  unless a width is given, random weights: speed does not depend on them), windows/s at
+  batch sizes 1 to 256, ONNX Runtime against PyTorch eager with the same thread count, the
+  FLOPs per window (``nets.count_flops``: convolutions and linear layers, 2 per multiply-add)
+  and the GFLOP/s against the matmul peak.  Sequence shapes are measured in both forms.
+
+Calibration, every round: NumPy's sgemm (``[2048, 2048]`` float32, all cores and one thread),
+ONNX Runtime's own GEMM (MLAS) likewise, PyTorch's, and a fixed pure-Python loop.  The GEMM
+peak a model is compared with is the best of them, so that a ratio never flatters.
+
+CPU always; ONNX Runtime's CUDA provider as well when an NVIDIA GPU is visible (the JSON
+records which).  Each figure is the median of repeated calls over at least ``--seconds``;
+batch sizes stop growing once one call takes longer than ``--max-call-seconds``.
 
 Results: ``docs/benchmarks/inference.json`` and ``inference.md``.
 """
@@ -22,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +47,13 @@ import numpy as np
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PRODUCTION_MODEL = Path(__file__).resolve().parents[2] / "models" / "smap-demo" / "1"
+#: 28: windows per call the issue measured on a busy worker; 64: the worker's batch_max_windows
+PRODUCTION_BATCHES = (1, 8, 28, 64)
+WORKER_BATCHES = (8, 28, 64)  # the target (0.3 of the GEMM peak) is judged at these
+TARGET_RATIO = 0.3
+PROFILE_BATCH = 28
+PYTHON_LOOP_N = 1_000_000
 
 # name -> (transform, window, channels, plot_size, width or None for default_sizes, note)
 SPECS: dict[str, tuple[str, int, int, int, int | None, str]] = {
@@ -131,6 +152,251 @@ def _gpu_status() -> dict[str, Any]:
     return {"nvidia_gpu_visible": visible, "ort_cuda_provider_built": cuda, "cuda_measured": visible and cuda}
 
 
+def python_loop_seconds(n: int = PYTHON_LOOP_N, seconds: float = 0.3) -> float:
+    """Seconds per iteration of a fixed pure-Python loop (``s += i * i``, ``n`` times): how fast
+    this machine runs the interpreter, the other half of what the worker does."""
+
+    def loop() -> int:
+        s = 0
+        for i in range(n):
+            s += i * i
+        return s
+
+    return _time_calls(loop, seconds) / n
+
+
+def calibrate(threads: int, seconds: float, n: int = 2048) -> dict[str, float]:
+    """float32 GEMM GFLOP/s of NumPy's BLAS and ONNX Runtime's MLAS on all ``threads`` and on one,
+    and the pure-Python loop; ``gemm_peak_gflops`` is the best GEMM figure of all."""
+    x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flop = 2.0 * n**3
+    out: dict[str, float] = {"n": n, "threads": threads}
+    out["numpy_sgemm_gflops"] = flop / _time_calls(lambda: x @ x, seconds) / 1e9
+    try:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            out["numpy_sgemm_1thread_gflops"] = flop / _time_calls(lambda: x @ x, seconds) / 1e9
+    except ImportError:  # scikit-learn brings it; without it the one-thread figure is ORT's alone
+        pass
+    for key, th in (("onnxruntime_gemm_gflops", threads), ("onnxruntime_gemm_1thread_gflops", 1)):
+        sess = _ort_matmul_session(n, th)
+        out[key] = flop / _time_calls(lambda s=sess: s.run(["c"], {"a": x, "b": x}), seconds) / 1e9
+    out["gemm_peak_gflops"] = max(v for k, v in out.items() if k.endswith("gflops"))
+    out["gemm_peak_1thread_gflops"] = max(v for k, v in out.items() if k.endswith("1thread_gflops"))
+    out["python_loop_ns_per_iteration"] = python_loop_seconds() * 1e9
+    return out
+
+
+# -- the production model ----------------------------------------------------------------------
+def _production_dirs(model_dir: Path, workdir: Path) -> dict[str, Path]:
+    """Model directories of the production model in its plain and fast forms (a copy each; the
+    plain one exported by PyTorch from the same weights, its card stamped with its hash)."""
+    import json
+
+    from ..card import load_card, sha256_file
+    from ..export import export_onnx, scorer_from_model_dir
+    from ..onnx_graph import optimise_model_dir
+
+    card = load_card(model_dir)
+    dirs = {"plain": workdir / "plain", "fast": workdir / "fast"}
+    for d in dirs.values():
+        shutil.copytree(model_dir, d)
+    if card.graph.get("form", "plain") == "plain":
+        optimise_model_dir(dirs["fast"])
+    else:
+        export_onnx(scorer_from_model_dir(model_dir), card.window, len(card.channels), dirs["plain"] / "model.onnx",
+                    optimise=False)
+        raw = json.loads((dirs["plain"] / "model.json").read_text())
+        raw["onnx_sha256"] = sha256_file(dirs["plain"] / "model.onnx")
+        raw["graph"]["form"] = "plain"
+        (dirs["plain"] / "model.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return dirs
+
+
+def _option_sessions(dirs: dict[str, Path], threads: int) -> dict[str, Any]:
+    """Bare ONNX Runtime sessions for the options table: what each setting does at one batch size."""
+    import onnxruntime as ort
+
+    def session(form: str, threads: int = 1, level=None, **config: str):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        if level is not None:
+            opts.graph_optimization_level = level
+        for k, v in config.items():
+            opts.add_session_config_entry(k, v)
+        return ort.InferenceSession(str(dirs[form] / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    ext = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    out = {
+        "fast, level ALL (default)": session("fast"),
+        "fast, level EXTENDED (no NCHWc layout)": session("fast", level=ext),
+        "plain, level ALL (default)": session("plain"),
+        "plain, level EXTENDED": session("plain", level=ext),
+        "fast, denormals as zero": session("fast", **{"session.set_denormal_as_zero": "1"}),
+        "fast, I/O binding, preallocated outputs": session("fast"),
+    }
+    if threads > 1:
+        out[f"fast, {threads} threads, spinning"] = session("fast", threads=threads)
+        out[f"fast, {threads} threads, no spinning"] = session(
+            "fast", threads=threads, **{"session.intra_op.allow_spinning": "0"})
+        out[f"fast, batch split over {threads} one-thread calls in parallel"] = session("fast")
+    return out
+
+
+def _option_call(name: str, sess, x: np.ndarray, pool=None):
+    if "batch split" in name and pool is not None:  # ONNX Runtime releases the GIL while it runs
+        parts = np.array_split(x, pool._max_workers + 1)
+        outs = ["score", "channel_scores"]
+        return lambda: [f.result() for f in [pool.submit(sess.run, outs, {"window": p}) for p in parts[1:]]] \
+            + [sess.run(outs, {"window": parts[0]})]
+    if "I/O binding" not in name:
+        return lambda: sess.run(["score", "channel_scores"], {"window": x})
+    io = sess.io_binding()
+    io.bind_cpu_input("window", x)
+    score = np.empty(len(x), np.float32)
+    channels = np.empty((len(x), x.shape[2]), np.float32)
+    io.bind_output("score", "cpu", 0, np.float32, list(score.shape), score.ctypes.data)
+    io.bind_output("channel_scores", "cpu", 0, np.float32, list(channels.shape), channels.ctypes.data)
+    return lambda: sess.run_with_iobinding(io)
+
+
+def profile_graph(model_path: Path, batch: int, runs: int, workdir: Path) -> dict[str, Any]:
+    """ONNX Runtime's own profiler on one intra-op thread: kernel time per op type and the
+    largest nodes, per call of ``batch`` windows (after ONNX Runtime's own fusions, so node
+    names are its).  Profiling adds a few µs a node: compare shares, not totals, with the
+    timed figures."""
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(workdir / f"profile-{model_path.parent.name}")
+    sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).normal(0, 0.5, (batch, *sess.get_inputs()[0].shape[1:])).astype(np.float32)
+    for _ in range(runs):
+        sess.run(["score", "channel_scores"], {"window": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict[tuple[str, str], list[float]] = {}
+    calls: list[float] = []
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node.setdefault((e["args"]["op_name"], e["name"][:-len("_kernel_time")]), []).append(e["dur"])
+        elif e.get("cat") == "Session" and e["name"] == "model_run":
+            calls.append(e["dur"])
+    skip = max(1, runs // 10)  # warm-up calls
+    node_us = {k: statistics.mean(v[skip:]) for k, v in per_node.items() if len(v) > skip}
+    kernels = sum(node_us.values())
+    by_op: dict[str, float] = {}
+    for (op, _), us in node_us.items():
+        by_op[op] = by_op.get(op, 0.0) + us
+    top = sorted(node_us.items(), key=lambda kv: -kv[1])[:8]
+    return {"batch": batch, "calls": runs - skip, "nodes": len(node_us),
+            "call_us_median": statistics.median(calls[skip:]) if len(calls) > skip else None,
+            "kernel_us_per_call": kernels,
+            "by_op_type": [{"op": op, "us": us, "share": us / kernels}
+                           for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])],
+            "top_nodes": [{"op": op, "node": node, "us": us, "share": us / kernels} for (op, node), us in top]}
+
+
+def bench_production(model_dir: Path, threads: int, batches: list[int], runs: int, seconds: float,
+                     workdir: Path, cuda: bool, profile_runs: int) -> dict[str, Any]:
+    """Before (plain) and after (fast) on the production model, ``runs`` rounds, each with its
+    own calibration; every figure is kept per round and summarised by its median."""
+    from ..card import load_card
+    from ..scoring import Scorer
+
+    dirs = _production_dirs(model_dir, workdir)
+    card = load_card(model_dir)
+    flops = int(card.graph["flops_per_window"])
+    configs = {"1 thread": {"threads": 1}, "worker": {"spinning": False}}  # worker: as detector.py builds it
+    scorers = {(form, cfg): Scorer(d, providers=["CPUExecutionProvider"], **kw)
+               for form, d in dirs.items() for cfg, kw in configs.items()}
+    if cuda:
+        scorers.update({(form, "cuda"): Scorer(d, providers=["CUDAExecutionProvider"]) for form, d in dirs.items()})
+    options = _option_sessions(dirs, threads)
+    rng = np.random.default_rng(1)
+    xs = {bs: rng.normal(0, 0.5, (bs, card.window, len(card.channels))).astype(np.float32)
+          for bs in sorted(set(batches) | {PROFILE_BATCH})}
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max(1, threads - 1))
+    rounds: list[dict[str, Any]] = []
+    for r in range(runs):
+        before = calibrate(threads, seconds)
+        times = [(form, cfg, bs, _time_calls(lambda s=scorer, x=xs[bs]: s.score(x), seconds))
+                 for bs in batches for (form, cfg), scorer in scorers.items()]
+        opt_times = [(name, _time_calls(_option_call(name, sess, xs[PROFILE_BATCH], pool), seconds))
+                     for name, sess in options.items()]
+        after = calibrate(threads, seconds)
+        # the calibration before and after the round's figures, the better of the two: a ratio
+        # to it never flatters, whichever moment other load on the machine chose
+        cal = {k: (min(v, after[k]) if k.startswith("python_loop") else max(v, after[k])) for k, v in before.items()}
+        rows = [_row(form, cfg, bs, t, flops, cal) for form, cfg, bs, t in times]
+        opts = [{"option": name, **_row("", "", PROFILE_BATCH, t, flops, cal)} for name, t in opt_times]
+        rounds.append({"calibration": cal, "calibration_before": before, "calibration_after": after,
+                       "rows": rows, "options": opts})
+        fast_1t = [x for x in rows if x["form"] == "fast" and x["config"] == "1 thread"]
+        print(f"production round {r + 1}/{runs}: GEMM peak {cal['gemm_peak_gflops']:.0f} GFLOP/s; fast, 1 thread: "
+              + ", ".join(f"batch {x['batch']} {x['windows_per_s']:,.0f} w/s ({x['ratio_to_gemm_peak']:.2f})"
+                          for x in fast_1t), flush=True)
+    pool.shutdown()
+    summary = _summarise(rounds)
+    verdict = {}
+    for bs in [b for b in batches if b in WORKER_BATCHES]:
+        cands = [x for x in summary["rows"] if x["form"] == "fast" and x["batch"] == bs and x["config"] != "cuda"]
+        best = max(cands, key=lambda x: x["ratio_to_gemm_peak"])
+        verdict[str(bs)] = {"config": best["config"], "ratio_to_gemm_peak": best["ratio_to_gemm_peak"],
+                            "met": best["ratio_to_gemm_peak"] >= TARGET_RATIO}
+    root = Path(__file__).resolve().parents[2]
+    model_dir = model_dir.resolve()
+    return {"model": str(model_dir.relative_to(root)) if model_dir.is_relative_to(root) else str(model_dir),
+            "window": card.window, "channels": len(card.channels), "flops_per_window": flops,
+            "configs": {"1 thread": "intra_op_num_threads 1", "worker": "Scorer(spinning=False), as detector.py builds "
+                        "it: ONNX Runtime's default intra-op threads (one per core), no spinning"},
+            "runs": runs, "rounds": rounds, **summary, "target_ratio": TARGET_RATIO, "target": verdict,
+            "target_met": bool(verdict) and all(v["met"] for v in verdict.values()),
+            "profile": {form: profile_graph(d / "model.onnx", PROFILE_BATCH, profile_runs, workdir)
+                        for form, d in dirs.items()}}
+
+
+def _row(form: str, cfg: str, bs: int, t: float, flops: int, cal: dict[str, float]) -> dict[str, Any]:
+    gflops = flops * bs / t / 1e9
+    return {"form": form, "config": cfg, "batch": bs, "windows_per_s": bs / t, "us_per_window": t / bs * 1e6,
+            "gflops": gflops, "ratio_to_gemm_peak": gflops / cal["gemm_peak_gflops"],
+            "ratio_to_gemm_peak_1thread": gflops / cal["gemm_peak_1thread_gflops"],
+            "python_loop_iterations_per_window": t / bs * 1e9 / cal["python_loop_ns_per_iteration"]}
+
+
+def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of the calibration, of every row and of every option."""
+    med = statistics.median
+    cal = {k: med(r["calibration"][k] for r in rounds) for k in rounds[0]["calibration"]}
+    figures = ("windows_per_s", "us_per_window", "gflops", "ratio_to_gemm_peak", "ratio_to_gemm_peak_1thread",
+               "python_loop_iterations_per_window")
+
+    def summarise(groups: list[list[dict]]) -> list[dict]:
+        out = []
+        for same in zip(*groups):
+            row = {k: v for k, v in same[0].items() if k not in figures}
+            row.update({f: med(x[f] for x in same) for f in figures})
+            row["windows_per_s_range"] = [min(x["windows_per_s"] for x in same), max(x["windows_per_s"] for x in same)]
+            out.append(row)
+        return out
+
+    rows = summarise([r["rows"] for r in rounds])
+    plain = {(x["config"], x["batch"]): x["windows_per_s"] for x in rows if x["form"] == "plain"}
+    for x in rows:
+        if x["form"] == "fast" and (x["config"], x["batch"]) in plain:
+            x["speedup_over_plain"] = x["windows_per_s"] / plain[(x["config"], x["batch"])]
+    return {"calibration": cal, "rows": rows, "options": summarise([r["options"] for r in rounds])}
+
+
+# -- scorer shapes -----------------------------------------------------------------------------
 def bench_spec(name: str, threads: int, batch_sizes: list[int], seconds: float, max_call_seconds: float,
                workdir: Path, cuda: bool) -> dict[str, Any]:
     import onnxruntime as ort
@@ -143,11 +409,15 @@ def bench_spec(name: str, threads: int, batch_sizes: list[int], seconds: float, 
     scorer, width, latent, shape = build_scorer(transform, window, channels, plot, width)
     flops = count_flops(scorer, torch.zeros(1, window, channels))
     path = workdir / f"{name}.onnx"
-    export_onnx(scorer, window, channels, path)
+    form = export_onnx(scorer, window, channels, path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     sessions = {"onnxruntime_cpu": ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])}
+    if form != "plain":  # the same networks as PyTorch exports them: before/after
+        export_onnx(scorer, window, channels, workdir / f"{name}-plain.onnx", optimise=False)
+        sessions["onnxruntime_cpu_plain"] = ort.InferenceSession(str(workdir / f"{name}-plain.onnx"), sess_options=opts,
+                                                                 providers=["CPUExecutionProvider"])
     if cuda:
         sessions["onnxruntime_cuda"] = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
     torch.set_num_threads(threads)
@@ -168,14 +438,23 @@ def bench_spec(name: str, threads: int, batch_sizes: list[int], seconds: float, 
         row["ort_over_torch"] = row["onnxruntime_cpu_windows_per_s"] / row["torch_eager_windows_per_s"]
         rows.append(row)
         print(f"{name} batch {bs}: ORT {row['onnxruntime_cpu_windows_per_s']:,.0f} windows/s "
-              f"({row['onnxruntime_cpu_gflops']:.1f} GFLOP/s), torch {row['torch_eager_windows_per_s']:,.0f}", flush=True)
+              f"({row['onnxruntime_cpu_gflops']:.1f} GFLOP/s)"
+              + (f", plain {row['onnxruntime_cpu_plain_windows_per_s']:,.0f}" if form != "plain" else "")
+              + f", torch {row['torch_eager_windows_per_s']:,.0f}", flush=True)
         if max(bs / row["onnxruntime_cpu_windows_per_s"], t_torch) > max_call_seconds:
             break
     best = max(rows, key=lambda r: r["onnxruntime_cpu_windows_per_s"])
     return {"transform": transform, "window": window, "channels": channels, "plot_size": plot if transform != "sequence"
             else None, "width": width, "latent_dim": latent, "network_input": list(shape), "note": note,
-            "flops_per_window": flops, "rows": rows, "best_batch": best["batch"],
+            "graph_form": form, "flops_per_window": flops, "rows": rows, "best_batch": best["batch"],
             "best_windows_per_s": best["onnxruntime_cpu_windows_per_s"], "best_gflops": best["onnxruntime_cpu_gflops"]}
+
+
+def _machine() -> dict[str, Any]:
+    from .machine import cpu_model
+
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor(), "python": platform.python_version()}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,16 +463,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     gpu = _gpu_status()
     load_before = os.getloadavg()
-    peak = matmul_peak(args.threads, seconds=args.seconds)
     res: dict[str, Any] = {
         "benchmark": "inference", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "machine": _machine(),
         "libraries": {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__},
-        "threads": args.threads, "gpu": gpu, "matmul_peak": peak,
-        "peak_gflops": max(peak["torch_gflops"], peak["numpy_gflops"], peak["onnxruntime_gflops"]), "models": {},
-        "loadavg_before": [round(x, 2) for x in load_before],
+        "threads": args.threads, "gpu": gpu, "loadavg_before": [round(x, 2) for x in load_before],
     }
     with tempfile.TemporaryDirectory(prefix="sd-inference-") as tmp:
+        if args.production:
+            res["production"] = bench_production(Path(args.production_model), os.cpu_count() or 1,
+                                                 args.production_batch_sizes, args.runs, args.seconds,
+                                                 Path(tmp), gpu["cuda_measured"], args.profile_runs)
+        peak = matmul_peak(args.threads, seconds=args.seconds)
+        res["matmul_peak"] = peak
+        res["peak_gflops"] = max(peak["torch_gflops"], peak["numpy_gflops"], peak["onnxruntime_gflops"])
+        res["models"] = {}
         for name in args.specs:
             r = bench_spec(name, args.threads, args.batch_sizes, args.seconds, args.max_call_seconds, Path(tmp),
                            gpu["cuda_measured"])
@@ -203,49 +487,112 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+# -- report ------------------------------------------------------------------------------------
+def _production_markdown(p: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    cal = p["calibration"]
+    lines = [
+        "## The production model: before and after",
+        "",
+        f"`{p['model']}` (sequence transform, window {p['window']}, {p['channels']} channel): "
+        f"{p['flops_per_window'] / 1e6:.2f} MFLOP per window (its convolutions and linear layers, 2 per "
+        "multiply-add: encoder, generator, and the critic's trunk on the input and on the reconstruction), the "
+        "same in both forms. *plain*: PyTorch's export of "
+        "the same weights (every sequence model before); *fast*: the committed graph "
+        "(`stream_detector/onnx_graph.py`). Configurations: " + "; ".join(f"*{k}*: {v}" for k, v in p["configs"].items())
+        + ".",
+        "",
+        f"Calibration, medians of {p['runs']} rounds (each round measures it before and after its figures and "
+        f"keeps the better of the two; each ratio is taken against its own round): NumPy sgemm {cal['numpy_sgemm_gflops']:.1f} GFLOP/s on "
+        f"{cal['threads']} cores"
+        + (f", {cal['numpy_sgemm_1thread_gflops']:.1f} on one thread" if "numpy_sgemm_1thread_gflops" in cal else "")
+        + f"; ONNX Runtime's GEMM {cal['onnxruntime_gemm_gflops']:.1f} / {cal['onnxruntime_gemm_1thread_gflops']:.1f}; "
+        f"**GEMM peak {cal['gemm_peak_gflops']:.1f} GFLOP/s** (the best of them; one thread: "
+        f"{cal['gemm_peak_1thread_gflops']:.1f}); pure-Python loop {cal['python_loop_ns_per_iteration']:.1f} ns per "
+        "iteration.",
+        "",
+        "| form | threads | batch | windows/s (range) | µs/window | GFLOP/s | / GEMM peak | / 1-thread GEMM peak "
+        "| µs/window in Python-loop iterations | fast / plain |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in sorted(p["rows"], key=lambda x: (x["config"], x["batch"], x["form"] != "plain")):
+        lo, hi = x["windows_per_s_range"]
+        lines.append(f"| {x['form']} | {x['config']} | {x['batch']} | {x['windows_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f}) | "
+                     f"{x['us_per_window']:.1f} | {x['gflops']:.1f} | {x['ratio_to_gemm_peak']:.2f} | "
+                     f"{x['ratio_to_gemm_peak_1thread']:.2f} | {x['python_loop_iterations_per_window']:,.0f} | "
+                     + (f"{x['speedup_over_plain']:.2f}x |" if "speedup_over_plain" in x else "|"))
+    lines += ["", f"**Target ({TARGET_RATIO} of the GEMM peak at the worker's batch sizes, fast form, best "
+              "configuration): " + ("met" if p["target_met"] else "missed") + "** — "
+              + "; ".join(f"batch {bs}: {v['ratio_to_gemm_peak']:.2f} ({v['config']})" for bs, v in p["target"].items())
+              + f". Machine: {machine['cpu_model']}, {machine['cores']} cores."]
+    lines += ["", f"### Session options at batch {PROFILE_BATCH}, one thread unless said", "",
+              "| option | windows/s | µs/window | GFLOP/s | / GEMM peak |", "|---|---:|---:|---:|---:|"]
+    for o in p["options"]:
+        lines.append(f"| {o['option']} | {o['windows_per_s']:,.0f} | {o['us_per_window']:.1f} | {o['gflops']:.1f} | "
+                     f"{o['ratio_to_gemm_peak']:.2f} |")
+    lines += ["", f"### Where the time goes: ONNX Runtime's profiler, batch {PROFILE_BATCH}, one thread", "",
+              "Kernel time per call by op type (after ONNX Runtime's own fusions: `FusedConv` is a convolution with "
+              "its activation, `Conv` in the fast form runs in the NCHWc layout); the profiler adds a few µs a "
+              "node, so the shares matter more than the totals.", ""]
+    for form, prof in p["profile"].items():
+        ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["by_op_type"] if o["share"] >= 0.01)
+        top = ", ".join(f"{t['node']} ({t['op']}) {t['us']:.0f} µs" for t in prof["top_nodes"][:5])
+        lines.append(f"- **{form}**: {prof['nodes']} nodes, {prof['kernel_us_per_call']:,.0f} µs of kernels per "
+                     f"call ({prof['kernel_us_per_call'] / PROFILE_BATCH:.1f} µs per window); by op type: {ops}. "
+                     f"Largest nodes: {top}.")
+    return lines
+
+
 def markdown(res: dict[str, Any]) -> str:
     peak = res["matmul_peak"]
     gpu = res["gpu"]
+    m = res["machine"]
     lines = [
         "# Inference: windows/s by batch size",
         "",
-        f"`stream-detector bench inference`, {res['created']}, {res['machine']['cpus']} CPU cores "
-        f"({res['machine']['platform']}), {res['threads']} threads for ONNX Runtime and PyTorch alike; "
-        f"ONNX Runtime {res['libraries']['onnxruntime']}, PyTorch {res['libraries']['torch']}. "
-        f"Load average before/after: {res['loadavg_before']} / {res['loadavg_after']}.",
-        "",
-        f"Measured float32 matmul peak ({peak['n']}x{peak['n']}): PyTorch {peak['torch_gflops']:.1f} GFLOP/s, "
-        f"ONNX Runtime {peak['onnxruntime_gflops']:.1f} GFLOP/s, NumPy {peak['numpy_gflops']:.1f} GFLOP/s (its own "
-        f"BLAS threads); the peak used below is the best of them, {res['peak_gflops']:.1f} GFLOP/s.",
+        f"`stream-detector bench inference`, {res['created']}, **{m['cpu_model']}, {m['cores']} cores** "
+        f"({m['platform']}); ONNX Runtime {res['libraries']['onnxruntime']}, PyTorch {res['libraries']['torch']}, "
+        f"NumPy {res['libraries']['numpy']}. Load average before/after: {res['loadavg_before']} / "
+        f"{res['loadavg_after']} (a load above the core count means other work shared the cores: compare the "
+        "ratios to the same-run calibration, not the absolute figures, across runs and machines).",
         "",
         ("CUDA: " + ("measured with ONNX Runtime's CUDA provider." if gpu["cuda_measured"] else
                      f"not measured: no NVIDIA GPU on this machine (GPU visible: {gpu['nvidia_gpu_visible']}, "
                      f"ORT CUDA provider built: {gpu['ort_cuda_provider_built']}).")),
         "",
-        "## Best batch size per model",
+    ]
+    if "production" in res:
+        lines += _production_markdown(res["production"], m) + [""]
+    lines += [
+        "## Scorer shapes (random weights)",
+        "",
+        f"{res['threads']} threads for ONNX Runtime and PyTorch alike. Measured float32 matmul peak "
+        f"({peak['n']}x{peak['n']}, {peak['threads']} threads): PyTorch {peak['torch_gflops']:.1f} GFLOP/s, "
+        f"ONNX Runtime {peak['onnxruntime_gflops']:.1f} GFLOP/s, NumPy {peak['numpy_gflops']:.1f} GFLOP/s (its own "
+        f"BLAS threads); the peak used below is the best of them, {res['peak_gflops']:.1f} GFLOP/s. Sequence shapes "
+        "are written in the fast form (`ORT`) and measured in the plain one too (`ORT plain`).",
         "",
         "| model | network input | width | FLOP/window | best batch | ORT windows/s | GFLOP/s | share of matmul peak |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, m in res["models"].items():
-        lines.append(f"| {name} ({m['note']}) | {'x'.join(map(str, m['network_input']))} | {m['width']} | "
-                     f"{m['flops_per_window'] / 1e6:.1f} M | {m['best_batch']} | {m['best_windows_per_s']:,.0f} | "
-                     f"{m['best_gflops']:.1f} | {m['best_fraction_of_peak']:.0%} |")
-    for name, m in res["models"].items():
-        cuda = any("onnxruntime_cuda_windows_per_s" in r for r in m["rows"])
-        lines += ["", f"### {name}", "",
-                  "| batch | ORT CPU windows/s | ORT GFLOP/s | PyTorch eager windows/s | ORT / PyTorch |"
-                  + (" ORT CUDA windows/s |" if cuda else ""),
-                  "|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
-        for r in m["rows"]:
-            lines.append(f"| {r['batch']} | {r['onnxruntime_cpu_windows_per_s']:,.0f} | {r['onnxruntime_cpu_gflops']:.1f} | "
-                         f"{r['torch_eager_windows_per_s']:,.0f} | {r['ort_over_torch']:.2f} |"
+    for name, mm in res["models"].items():
+        lines.append(f"| {name} ({mm['note']}) | {'x'.join(map(str, mm['network_input']))} | {mm['width']} | "
+                     f"{mm['flops_per_window'] / 1e6:.1f} M | {mm['best_batch']} | {mm['best_windows_per_s']:,.0f} | "
+                     f"{mm['best_gflops']:.1f} | {mm['best_fraction_of_peak']:.0%} |")
+    for name, mm in res["models"].items():
+        cuda = any("onnxruntime_cuda_windows_per_s" in r for r in mm["rows"])
+        plain = any("onnxruntime_cpu_plain_windows_per_s" in r for r in mm["rows"])
+        lines += ["", f"### {name} ({mm.get('graph_form', 'plain')})", "",
+                  "| batch | ORT CPU windows/s | ORT GFLOP/s |" + (" ORT plain windows/s |" if plain else "")
+                  + " PyTorch eager windows/s | ORT / PyTorch |" + (" ORT CUDA windows/s |" if cuda else ""),
+                  "|---:|---:|---:|" + ("---:|" if plain else "") + "---:|---:|" + ("---:|" if cuda else "")]
+        for r in mm["rows"]:
+            lines.append(f"| {r['batch']} | {r['onnxruntime_cpu_windows_per_s']:,.0f} | {r['onnxruntime_cpu_gflops']:.1f} |"
+                         + (f" {r['onnxruntime_cpu_plain_windows_per_s']:,.0f} |" if plain else "")
+                         + f" {r['torch_eager_windows_per_s']:,.0f} | {r['ort_over_torch']:.2f} |"
                          + (f" {r['onnxruntime_cuda_windows_per_s']:,.0f} |" if cuda else ""))
     lines += ["", "FLOPs count convolutions and linear layers (2 per multiply-add) of one scorer call: encoder, "
               "generator and the critic's feature trunk twice (input and reconstruction); the transform "
-              "(normalisation, distance plot) and the element-wise work are not counted, which is why small "
-              "models sit far below the matmul peak: their time is per-call overhead and memory traffic, "
-              "not multiply-adds."]
+              "(normalisation, distance plot) and the element-wise work are not counted."]
     return "\n".join(lines) + "\n"
 
 
@@ -254,10 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, of {', '.join(SPECS)}")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for the scorer-shape tables")
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     p.add_argument("--max-call-seconds", type=float, default=1.5)
-    p.add_argument("--quick", action="store_true", help="smoke run: two small models, batch 1 and 4, short timings")
+    p.add_argument("--runs", type=int, default=3, help="rounds of the production part (medians); at least 3 for a report")
+    p.add_argument("--production-model", default=str(PRODUCTION_MODEL))
+    p.add_argument("--production-batch-sizes", default=",".join(map(str, PRODUCTION_BATCHES)))
+    p.add_argument("--profile-runs", type=int, default=200, help="calls profiled per form")
+    p.add_argument("--no-production", dest="production", action="store_false", help="the scorer shapes only")
+    p.add_argument("--quick", action="store_true", help="smoke run: one short round, two small shapes, batch 1 and 4")
     return p
 
 
@@ -269,8 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown model {unknown[0]!r}; choose from {', '.join(SPECS)}", file=sys.stderr)
         return 2
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    args.production_batch_sizes = [int(b) for b in args.production_batch_sizes.split(",") if b]
     if args.quick:
         args.specs, args.batch_sizes, args.seconds = list(QUICK_SPECS), [1, 4], 0.05
+        args.runs, args.production_batch_sizes, args.profile_runs = 1, [1, 8], 20
+    if args.production and not (Path(args.production_model) / "model.json").is_file():
+        print(f"error: no model directory at {args.production_model}", file=sys.stderr)
+        return 2
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
