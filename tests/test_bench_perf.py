@@ -116,6 +116,10 @@ def test_inference_bench_smoke(tmp_path):
     for r in prod["rows"]:
         assert r["gflops"] == pytest.approx(prod["flops_per_window"] * r["windows_per_s"] / 1e9)
         assert r["ratio_to_gemm_peak"] == pytest.approx(r["gflops"] / cal["gemm_peak_gflops"])
+        # per CPU-second, against one core's GEMM per CPU-second: what other load cannot move
+        assert r["core_efficiency"] == pytest.approx(r["cpu_gflops"] / cal["gemm_core_cpu_gflops"])
+        if r["config"] == "1 thread":
+            assert r["machine_share_estimate"] == pytest.approx(r["core_efficiency"] / os.cpu_count())
     assert prod["flops_per_window"] == 1867776
     assert isinstance(prod["target_met"], bool) and set(prod["target"]) == {"8"}
     assert {p["nodes"] > 0 for p in prod["profile"].values()} == {True} and set(prod["profile"]) == {"plain", "fast"}
