@@ -59,6 +59,7 @@ REASONS: tuple[str, ...] = (
     "bad_shape",          # batch arrays of unequal length, empty batch, scalar/list mix
     "ts_not_increasing",  # timestamps not strictly increasing (in a batch or per source)
     "no_model",           # no route matches the source, or its model has no servable version
+    "internal_error",     # the worker failed on the message's step 3 times (a bug): kept for replay
 )
 
 FORMATS = ("msgpack", "json")

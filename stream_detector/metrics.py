@@ -10,9 +10,14 @@ registry by the app (``stream_detector_faust_*``).
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import time
+from wsgiref.simple_server import make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,12 @@ SOURCES_SILENT = Gauge("stream_detector_sources_silent",
                        "Sources on this worker that have sent nothing for their silence time (source_silence_seconds).")
 SOURCES_EVICTED = Counter("stream_detector_sources_evicted",
                           "Sources whose state was dropped after source_evict_seconds of silence.")
+BROKER_CONNECTED = Gauge("stream_detector_broker_connected",
+                         "1 while the worker's last broker probe (a metadata request, every second) was answered.")
+BROKER_LAST_CONTACT = Gauge("stream_detector_broker_last_contact_timestamp_seconds",
+                            "Unix time of the last answered broker probe.")
+AGENT_ERRORS = Counter("stream_detector_agent_errors",
+                       "Agent steps that failed and were retried or dead-lettered, by kind.", ["kind"])
 # Model names come from the repository the operator lays out, so the ``model`` label is bounded.
 MODEL = Info("stream_detector_model", "Each model served: version, ONNX Runtime provider, window, threshold method.",
              ["model"])
@@ -78,8 +89,72 @@ class SourceGauges:
             SOURCE_LAST_SEEN.labels(source).set(last_ts)
 
 
-def serve(host: str, port: int):
-    """Serve ``/metrics`` over HTTP (loopback unless configured otherwise); returns the server."""
-    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
-    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+class Health:
+    """What ``/healthz`` says, fed by the worker's broker probe (on the event loop) and read by
+    the HTTP thread.  A probe that stops coming (a blocked event loop) also reads as unhealthy."""
+
+    def __init__(self, probe_seconds: float = 1.0) -> None:
+        self.probe_seconds = probe_seconds
+        self._lock = threading.Lock()
+        self.connected: bool | None = None  # None until the first probe
+        self.since = time.time()  # when ``connected`` last changed
+        self.last_probe = 0.0
+        self.error = ""
+        self.assigned_partitions = 0
+
+    def record(self, connected: bool, error: str = "", assigned_partitions: int = 0) -> None:
+        now = time.time()
+        with self._lock:
+            if connected != self.connected:
+                self.since = now
+            self.connected, self.error, self.last_probe = connected, error, now
+            self.assigned_partitions = assigned_partitions
+        BROKER_CONNECTED.set(1 if connected else 0)
+        if connected:
+            BROKER_LAST_CONTACT.set(now)
+
+    def view(self) -> tuple[int, dict]:
+        """``(HTTP status, body)``: 200 when connected and probing, 503 otherwise."""
+        now = time.time()
+        with self._lock:
+            stalled = self.last_probe and now - self.last_probe > max(5.0, 5 * self.probe_seconds)
+            if self.connected is None:
+                status = "starting"
+            elif stalled:
+                status = "stalled"  # the event loop has not probed for a while
+            else:
+                status = "ok" if self.connected else "not connected"
+            body = {"status": status, "broker_connected": bool(self.connected),
+                    "for_seconds": round(now - self.since, 3),
+                    "last_probe_age_seconds": round(now - self.last_probe, 3) if self.last_probe else None,
+                    "assigned_partitions": self.assigned_partitions}
+            if self.error and status != "ok":
+                body["error"] = self.error
+        return (200 if status == "ok" else 503), body
+
+
+HEALTH = Health()
+
+
+def _app(health: Health):
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO", "").rstrip("/") == "/healthz":
+            code, body = health.view()
+            data = json.dumps(body).encode()
+            start_response(f"{code} {'OK' if code == 200 else 'Service Unavailable'}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+            return [data]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def serve(host: str, port: int, health: Health = HEALTH):
+    """Serve ``/metrics`` and ``/healthz`` over HTTP (loopback unless configured otherwise) in
+    a daemon thread; returns the server."""
+    server = make_server(host, port, _app(health), ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.server_port)
     return server

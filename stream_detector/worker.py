@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -142,10 +143,12 @@ def run_worker(cfg: WorkerConfig, loglevel: str | None = None) -> None:
 
     from .app import create_app
     from .detector import Detector
+    from .logs import quiet_repeats
 
     detector = Detector(cfg)
     asyncio.run(ensure_topics(cfg))
     app = create_app(cfg, detector)
+    quiet_repeats("aiokafka")  # after create_app has imported every aiokafka module
     worker = faust.Worker(app, loglevel=(loglevel or cfg.log_level).upper(), quiet=True)
     worker.execute_from_commandline()
 
@@ -159,8 +162,9 @@ class WorkerProcess:
     SIGTERM (a clean shutdown that commits offsets); ``kill()`` sends SIGKILL (a crash).
     """
 
-    def __init__(self, cfg: WorkerConfig, workdir, name: str = "worker"):
+    def __init__(self, cfg: WorkerConfig, workdir, name: str = "worker", module: str = "stream_detector.cli"):
         self.cfg = cfg
+        self.module = module  # what ``python -m`` runs (a test may wrap the CLI to inject a fault)
         self.workdir = Path(workdir)
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
@@ -178,7 +182,7 @@ class WorkerProcess:
         self.config_path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stream_detector.cli", "worker", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module, "worker", "--config",
                                           str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.wait_ready(timeout)
@@ -210,6 +214,15 @@ class WorkerProcess:
 
     def scrape(self) -> str:
         return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+
+    def health(self) -> tuple[int, dict]:
+        """``(HTTP status, body)`` of the worker's ``/healthz``."""
+        url = self.metrics_url.rsplit("/", 1)[0] + "/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def _signal(self, sig: int, wait: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
