@@ -222,6 +222,9 @@ class _Front:
         self.connections = 0
         self.authenticated: list[str] = []  # "user/MECHANISM", one entry per successful login
         self.refused: list[str] = []  # why a client was refused, one entry per refusal
+        self.cut = False  # fault injection: refuse new connections (existing ones are closed by cut_all)
+        self.delay = 0.0  # fault injection: seconds added before each relayed chunk
+        self._open: set[asyncio.StreamWriter] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -250,19 +253,32 @@ class _Front:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def cut_all(self) -> None:
+        """Close every relayed connection now (from any thread); with ``cut`` set, new ones too."""
+        def close() -> None:
+            for w in list(self._open):
+                w.transport.abort()  # a reset, as when a link drops, not an orderly close
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(close)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.transport.abort()
+            return
         self.connections += 1
         up_writer = None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            self._open.update((writer, up_writer))
             if self._credentials is not None and not await self._authenticate(reader, writer, up_reader, up_writer):
                 return
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer, self), _pipe(up_reader, writer, self))
         except (OSError, EOFError, ValueError, struct.error) as exc:  # ssl.SSLError is an OSError
             log.debug("embedded broker proxy: connection ended: %r", exc)
         finally:
             for w in (writer, up_writer):
                 if w is not None:
+                    self._open.discard(w)
                     w.close()
 
     async def _authenticate(self, reader, writer, up_reader, up_writer) -> bool:
@@ -337,9 +353,11 @@ async def _respond(writer: asyncio.StreamWriter, corr: int, body: bytes) -> None
     await writer.drain()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, front: _Front) -> None:
     try:
         while data := await reader.read(1 << 16):
+            if front.delay:
+                await asyncio.sleep(front.delay)
             writer.write(data)
             await writer.drain()
     finally:
@@ -369,8 +387,13 @@ class EmbeddedBroker:
             ``SASL_SSL`` with TLS); a wrong password or unknown user is refused with Kafka's
             SASL_AUTHENTICATION_FAILED.  SASL/PLAIN is not offered.
         scram_iterations: PBKDF2 iterations of the stored SCRAM credentials (4096, Kafka's minimum).
+        proxy: put the in-process proxy in front even without TLS or users, so that a test can
+            break the network between clients and broker: ``cut()`` drops every connection and
+            refuses new ones until ``restore()``, ``set_delay(seconds)`` slows every relayed chunk.
+            ``freeze()`` / ``thaw()`` stop and resume the broker process itself (SIGSTOP /
+            SIGCONT), with or without the proxy.
 
-    With TLS or users, Tansu itself listens on an internal loopback port in plaintext and
+    With TLS, users or proxy, Tansu itself listens on an internal loopback port in plaintext and
     advertises the client port, where an in-process proxy (a daemon thread) terminates TLS and
     runs the SCRAM exchange before relaying bytes to Tansu: Tansu 0.6 can do neither (see the
     comment above ``_ScramServer``).  The proxy lives in the process that started the broker.
@@ -394,6 +417,7 @@ class EmbeddedBroker:
         tls_key: str | os.PathLike[str] | None = None,
         users: dict[str, str] | None = None,
         scram_iterations: int = 4096,
+        proxy: bool = False,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
@@ -409,6 +433,7 @@ class EmbeddedBroker:
         self.tls_key = None if tls_key is None else Path(tls_key)
         self._users = dict(users) if users is not None else None
         self.scram_iterations = scram_iterations
+        self._proxy = proxy
         self._internal_port: int = self.port
         self._front: _Front | None = None
         self._front_sock: socket.socket | None = None
@@ -448,7 +473,7 @@ class EmbeddedBroker:
 
     @property
     def _proxied(self) -> bool:
-        return self.tls_cert is not None or self._users is not None
+        return self._proxy or self.tls_cert is not None or self._users is not None
 
     @property
     def _tcp(self) -> str:
@@ -587,6 +612,42 @@ class EmbeddedBroker:
             if self._own_log and self.log_path is not None:
                 self.log_path.unlink(missing_ok=True)
 
+    # -- fault injection (tests of outages) ---------------------------------------------------
+    def freeze(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing answers, as on a hung host."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        self._signal(signal.SIGCONT)
+
+    def cut(self) -> None:
+        """Reset every client connection and refuse new ones until :meth:`restore` (needs ``proxy``)."""
+        front = self._require_front("cut")
+        front.cut = True
+        front.cut_all()
+
+    def restore(self) -> None:
+        """Accept connections again after :meth:`cut`."""
+        self._require_front("restore").cut = False
+
+    def set_delay(self, seconds: float) -> None:
+        """Delay every chunk relayed in either direction by ``seconds`` (0 for none; needs ``proxy``)."""
+        if seconds < 0:
+            raise ValueError("delay must be >= 0")
+        self._require_front("set_delay").delay = seconds
+
+    def _require_front(self, what: str) -> _Front:
+        if self._front is None:
+            raise BrokerError(f"embedded broker: {what}() needs a broker started with proxy=True")
+        return self._front
+
+    def _signal(self, sig: int) -> None:
+        if not self.running:
+            raise BrokerError("the embedded broker is not running")
+        assert self._proc is not None
+        os.kill(self._proc.pid, sig)
+
     def _stop_front(self) -> None:
         front, self._front = self._front, None
         if front is not None:
@@ -600,6 +661,10 @@ class EmbeddedBroker:
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
+        try:
+            os.kill(proc.pid, signal.SIGCONT)  # a frozen broker handles SIGTERM only once resumed
+        except OSError:
+            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
