@@ -36,7 +36,8 @@ JSON, Markdown and a PNG to ``docs/benchmarks/`` (``soak.*``, ``overload.*``).
    which adds the time the producer held that point back to fill its message.
 
 Verdicts: soak, RSS growth after the warm-up (the first ``--warmup`` fraction of the live
-phase): median RSS over the last tenth of the live phase against the median over the tenth
+phase, and at least until every source has sent its first messages: 2.5 message periods,
+since a source's first message is due between one and two periods after the start): median RSS over the last tenth of the live phase against the median over the tenth
 that follows the warm-up, target under 5 %.  Overload: memory bounded when the peak RSS from
 the middle of the overload to the end of the drain exceeds the median RSS just before the
 middle by under 5 % (while the backlog in the broker keeps growing); every window scored.
@@ -378,9 +379,16 @@ def _median_rss(samples: list[dict], lo: float, hi: float) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
-def rss_growth(samples: list[dict], duration: float, warmup: float) -> dict[str, Any]:
-    """Soak: median RSS over the last tenth of the live phase against the tenth after the warm-up."""
-    w = warmup * duration
+def warmup_seconds(fraction: float, duration: float, message_period: float) -> float:
+    """The soak's warm-up: ``fraction`` of the live phase, and at least until every source has
+    sent its first message and a second one (a source's first is due between one and two
+    message periods after the start), but never more than half of the live phase."""
+    return min(max(fraction * duration, 2.5 * message_period), 0.5 * duration)
+
+
+def rss_growth(samples: list[dict], duration: float, w: float) -> dict[str, Any]:
+    """Soak: median RSS over the last tenth of the live phase against the tenth after the warm-up
+    (the first ``w`` seconds)."""
     tenth = (duration - w) / 10
     first, last = _median_rss(samples, w, w + tenth), _median_rss(samples, duration - tenth, duration)
     after = [r for r in samples if w <= r["t"] <= duration and r.get("worker_rss_bytes")]
@@ -505,7 +513,8 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     res["latency"]["slices"] = latency_slices(t0, pub[valid], from_send, args.slice_seconds)
     res["samples"] = samples
     if mode == "soak":
-        res["rss"] = rss_growth(samples, args.duration, args.warmup)
+        res["rss"] = rss_growth(samples, args.duration,
+                                warmup_seconds(args.warmup, args.duration, args.batch_points * fleet.dt))
     else:
         res["rss"] = rss_bounded(samples, args.duration)
     res["background_end"] = tp._background()
@@ -658,7 +667,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(tp.BUNDLED_SEQUENCE), help="model directory (default the bundled sequence model)")
     p.add_argument("--sample-seconds", type=float, default=None, help="default: duration / 120, at least 1")
     p.add_argument("--slice-seconds", type=float, default=None, help="latency slices (default: duration / 40, at least 5)")
-    p.add_argument("--warmup", type=float, default=0.15, help="soak: fraction of the live phase that is warm-up")
+    p.add_argument("--warmup", type=float, default=0.15, help="soak: fraction of the live phase that is warm-up (at least 2.5 message periods; default 0.15)")
     p.add_argument("--drain-timeout", type=float, default=None,
                    help="seconds to wait for the worker to catch up after the live phase (default 300, overload 10 x duration)")
     p.add_argument("--set", dest="worker_settings", action="append", type=_worker_setting, default=[],
