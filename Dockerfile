@@ -57,6 +57,6 @@ EXPOSE 9108
 # Healthy = /metrics answers (it is served once the worker has started).  With
 # STREAM_DETECTOR_METRICS_PORT=0 (metrics off) disable this check: --no-healthcheck.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('STREAM_DETECTOR_METRICS_PORT', '9108'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('STREAM_DETECTOR_METRICS_PORT', '9108'), timeout=4)"]
 ENTRYPOINT ["stream-detector", "worker"]
 CMD []
