@@ -43,6 +43,7 @@ __all__ = [
     "encode_record",
     "decode_record",
     "dead_letter_record",
+    "score_windows",
     "detect_format",
 ]
 
@@ -352,6 +353,21 @@ def decode_record(raw: bytes) -> dict:
     if detect_format(raw) == "json":
         return json.loads(raw)
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+def score_windows(record: Mapping[str, Any]) -> list[dict]:
+    """The per-window score records in a record from the ``scores`` topic: the record itself
+    (``score_records: window``), or each window of a batched record (``score_records: batch``),
+    which carries ``"windows": N`` and lists of N values (``channel_scores`` as one list per
+    channel; extra per-window figures such as ``likelihood`` likewise)."""
+    n = record.get("windows")
+    if not isinstance(record.get("score"), list) or not isinstance(n, int):
+        return [dict(record)]
+    columns = {k: v for k, v in record.items() if isinstance(v, list) and len(v) == n}
+    constant = {k: v for k, v in record.items() if k not in columns and k not in ("windows", "channel_scores")}
+    per_channel = record.get("channel_scores") or {}
+    return [{**constant, **{k: v[i] for k, v in columns.items()},
+             "channel_scores": {c: vals[i] for c, vals in per_channel.items()}} for i in range(n)]
 
 
 def encode_points(

@@ -54,6 +54,7 @@ RESERVED_ENV: set[str] = {CONFIG_PATH_ENV}
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MESSAGE_FORMATS = ("msgpack", "json")
+SCORE_RECORD_FORMS = ("window", "batch")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -86,6 +87,7 @@ class WorkerConfig:
     topic_dead_letters: str = "dead-letters"
     partitions: int = 4
     message_format: str = "msgpack"  # of the records the worker writes; input is auto-detected
+    score_records: str = "window"  # one score record per window, or one per source and step (columnar)
     # The models and windowing
     model_repository: str | None = None  # DIR/<name>/<version>/model.onnx + model.json (Triton's layout)
     model_dir: str | None = None  # one-model shorthand: a single <name>/<version> directory
@@ -307,6 +309,7 @@ _PARSERS: dict[str, Parser] = {
     "topic_dead_letters": _TOPIC,
     "partitions": _positive_int,
     "message_format": _choice(MESSAGE_FORMATS, str.lower),
+    "score_records": _choice(SCORE_RECORD_FORMS, str.lower),
     "model_repository": _path,
     "model_dir": _path,
     "routes": _routes,

@@ -242,6 +242,7 @@ class Detector:
                  scorer_factory: Callable[[ModelVersion], Scorer] | None = None):
         self.cfg = cfg
         self.fmt = cfg.message_format
+        self.batch_records = cfg.score_records == "batch"
         self.repository = repository or repository_from_config(cfg)
         self.routes = Routes(cfg.routes)
         self._scorer_factory = scorer_factory or (lambda mv: Scorer(mv.path, spinning=False))
@@ -546,23 +547,27 @@ class Detector:
             channels = d.channels
             tracker = d.tracker or (st.tracker if st else None)
             key = d.source.encode()
+            if self.batch_records and len(d.scores):
+                out.scores.append((key, encode_record(self._batch_record(d), self.fmt)))
             for i in range(len(d.scores)):
                 score, thr = float(d.scores[i]), float(d.thresholds[i])
                 if d.flags is None:
                     anomalous = score >= thr
                 else:
                     anomalous = bool(d.flags[i])
-                record = {"source": d.source, "start": float(d.start_ts[i]), "end": float(d.end_ts[i]),
-                          # null while an adaptive procedure is still learning (no level chosen yet)
-                          "score": score, "threshold": thr if math.isfinite(thr) else None,
-                          "is_anomaly": bool(anomalous),
-                          "channel_scores": dict(zip(channels, map(float, d.channel_scores[i]))),
-                          "model": d.served_name, "model_version": str(int(d.versions[i]))}
-                for name, values in d.extra.items():
-                    record[name] = float(values[i])
-                out.scores.append((key, encode_record(record, self.fmt)))
-                if keep_dicts:
-                    out.records.append(record)
+                if keep_dicts or not self.batch_records:
+                    record = {"source": d.source, "start": float(d.start_ts[i]), "end": float(d.end_ts[i]),
+                              # null while an adaptive procedure is still learning (no level chosen yet)
+                              "score": score, "threshold": thr if math.isfinite(thr) else None,
+                              "is_anomaly": bool(anomalous),
+                              "channel_scores": dict(zip(channels, map(float, d.channel_scores[i]))),
+                              "model": d.served_name, "model_version": str(int(d.versions[i]))}
+                    for name, values in d.extra.items():
+                        record[name] = float(values[i])
+                    if not self.batch_records:
+                        out.scores.append((key, encode_record(record, self.fmt)))
+                    if keep_dicts:
+                        out.records.append(record)
                 metrics.SCORE.observe(score)
                 metrics.LATENCY.observe(max(0.0, now - float(d.end_ts[i])))
                 if anomalous:
@@ -581,6 +586,25 @@ class Detector:
             g.served.windows_metric.inc(len(g.sources))
         metrics.EPISODES_OPEN.set(sum(s.tracker.is_open for s in self.sources.values()))
         return out
+
+    @staticmethod
+    def _batch_record(d: Decided) -> dict:
+        """One columnar score record for all of ``d``'s windows (``score_records: batch``):
+        the same values as the per-window records, which :func:`codec.score_windows` gives back."""
+        scores = d.scores.astype(np.float64)
+        thresholds = d.thresholds.astype(np.float64)
+        flags = scores >= thresholds if d.flags is None else d.flags.astype(bool)
+        record = {"source": d.source, "model": d.served_name, "windows": len(scores),
+                  "start": d.start_ts.astype(np.float64).tolist(), "end": d.end_ts.astype(np.float64).tolist(),
+                  "score": scores.tolist(),
+                  "threshold": [t if math.isfinite(t) else None for t in thresholds.tolist()],
+                  "is_anomaly": flags.tolist(),
+                  "channel_scores": {c: d.channel_scores[:, j].astype(np.float64).tolist()
+                                     for j, c in enumerate(d.channels)},
+                  "model_version": [str(v) for v in d.versions.astype(np.int64).tolist()]}
+        for name, values in d.extra.items():
+            record[name] = np.asarray(values, np.float64).tolist()
+        return record
 
     def states(self, touched: dict[str, int]) -> dict[str, tuple[int, bytes]]:
         """The state to persist for each touched source: ``source -> (partition, bytes)``.

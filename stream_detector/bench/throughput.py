@@ -57,6 +57,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ..codec import score_windows
+
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 T0 = 1.7e9
 CHANNELS_SMAP = 25
@@ -238,7 +240,8 @@ def expected_windows(points_per_source: int, sources: int, window: int, stride: 
 
 
 async def _read_scores(bootstrap: str, topic: str, expected: int, timeout: float) -> list[tuple[float, dict]]:
-    """``(publication time s, record)`` of every score on ``topic`` (waits for ``expected``)."""
+    """``(publication time s, window record)`` of every scored window on ``topic`` (waits for
+    ``expected``), from per-window or batched score records alike."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
@@ -250,7 +253,8 @@ async def _read_scores(bootstrap: str, topic: str, expected: int, timeout: float
         while len(out) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=50000)
             for msgs in batch.values():
-                out += [(m.timestamp / 1000.0, msgpack.unpackb(m.value, raw=False)) for m in msgs]
+                out += [(m.timestamp / 1000.0, w) for m in msgs
+                        for w in score_windows(msgpack.unpackb(m.value, raw=False))]
     finally:
         await consumer.stop()
     return out
@@ -541,7 +545,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "settings": {"sources": args.sources, "single_points": args.single_points, "batch_points": args.batch_points_total,
-                     "points_per_batch_message": args.batch_points, "runs": args.runs, "quick": args.quick},
+                     "points_per_batch_message": args.batch_points, "runs": args.runs, "quick": args.quick,
+                     "score_records": args.score_records},
         "background_start": _background(), "models": {}, "passthrough": {}, "aiokafka": {},
     }
     kinds = {"single": (1, args.single_points), "batch": (args.batch_points, args.batch_points_total)}
@@ -592,7 +597,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 n_windows = expected_windows(n_points // args.sources, args.sources, window, stride)
                 runs = [run_detector(broker, model, topic, f"det-{mname}-{kind}-{r}", n_points, n_windows, workdir,
                                      batch_max_messages=args.batch_max_messages,
-                                     batch_max_latency_ms=args.batch_max_latency_ms)
+                                     batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
                         for r in range(args.runs)]
                 pt = results["passthrough"][tkey]["faust_worker_consumer"]["points_per_s"]
                 stock = results["passthrough"][tkey]["faust_stock"]["points_per_s"]
@@ -635,7 +640,7 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
         n_windows = expected_windows(n_points // args.sources, args.sources, card.window, stride)
         runs = [run_detector(broker, models[mname], topic, f"stride-{mname}-{stride}-{r}", n_points, n_windows, workdir,
                              stride=stride, batch_max_messages=args.batch_max_messages,
-                             batch_max_latency_ms=args.batch_max_latency_ms)
+                             batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
                 for r in range(args.runs)]
         rows.append({"model": mname, "stride": stride, **_detector_entry(runs, pt)})
         print(f"{mname} batch, stride {stride}: {rows[-1]['points_per_s']:,.0f} points/s "
@@ -715,7 +720,7 @@ def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, An
             runs[key].append(run_detector(broker, model, topic, f"mm-{key}-{r}", n_points, n_windows, workdir,
                                           model_dir=None, model_repository=str(repo), routes=parse_routes(routes),
                                           batch_max_messages=args.batch_max_messages,
-                                          batch_max_latency_ms=args.batch_max_latency_ms))
+                                          batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records))
     rows = {key: {"models": 1 if key == "one" else n, "sources": n, "points": n_points, "messages": n_msgs,
                   "stride": stride, "window": window, **_row_entry(v)} for key, v in runs.items()}
     ratio = rows["many"]["points_per_s"] / rows["one"]["points_per_s"]
@@ -781,7 +786,7 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
                                             published=published_per_source[m] * args.sources, end_at_settle=True,
                                             model_dir=None, model_repository=str(repo), routes=parse_routes([route]),
                                             batch_max_messages=args.batch_max_messages,
-                                            batch_max_latency_ms=args.batch_max_latency_ms))
+                                            batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records))
         rows = {}
         for m in specs:
             rows[m] = {"points": n_points, "messages": n_msgs, "windows_scored": n_windows,
@@ -933,7 +938,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
             n_points = per_source * sources
             n_windows = expected_windows(per_source, sources, window, card.stride)
             run = run_detector(broker, model, topic, f"scale-{i}", n_points, n_windows, workdir,
-                               batch_max_messages=args.batch_max_messages, batch_max_latency_ms=args.batch_max_latency_ms)
+                               batch_max_messages=args.batch_max_messages, batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
             row = {"sources": sources, "window": window, "points_per_source": per_source, **{
                 k: run[k] for k in ("points", "points_per_s", "windows_per_s", "rss_bytes", "seconds")},
                 "window_buffer_bytes": window * (8 + 4 * 1), "background": run["background_after"]}
@@ -1013,6 +1018,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch-max-messages", type=int, default=1000)
     p.add_argument("--batch-max-latency-ms", type=float, default=20.0)
+    p.add_argument("--score-records", choices=("window", "batch"), default="window",
+                   help="the worker's score_records: one record per window, or one per source and step")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--live-batch", type=int, default=10, help="points per message in the batch-message latency run")
