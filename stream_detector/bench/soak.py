@@ -36,8 +36,7 @@ JSON, Markdown and a PNG to ``docs/benchmarks/`` (``soak.*``, ``overload.*``).
    which adds the time the producer held that point back to fill its message.
 
 Verdicts: soak, RSS growth after the warm-up (the first ``--warmup`` fraction of the live
-phase, and at least until every source has sent its first messages: 2.5 message periods,
-since a source's first message is due between one and two periods after the start): median RSS over the last tenth of the live phase against the median over the tenth
+phase, and at least two message periods, so that every source has sent twice): median RSS over the last tenth of the live phase against the median over the tenth
 that follows the warm-up, target under 5 %.  Overload: memory bounded when the peak RSS from
 the middle of the overload to the end of the drain exceeds the median RSS just before the
 middle by under 5 % (while the backlog in the broker keeps growing); every window scored.
@@ -117,8 +116,10 @@ def source_key(i: int) -> bytes:
 
 class Fleet:
     """``sources`` sources, each sending ``points_per_s / sources`` points a second on a fixed
-    schedule from ``t0`` (point ``k`` of source ``s`` is due at ``t0 + phase[s] + k * dt``, and
-    that is its timestamp), in messages of ``batch`` points sent once their last point is due."""
+    schedule (point ``k`` of source ``s`` is due at ``t0 + phase[s] + (k - batch + 1) * dt``,
+    and that is its timestamp), in messages of ``batch`` points sent once their last point is
+    due: every source sends its first message within one message period of ``t0``, so the full
+    load is offered from the start, not after a ramp of a period."""
 
     def __init__(self, sources: int, channels: list[str], points_per_s: float, batch: int, t0: float,
                  partitions: int, seed: int = 0):
@@ -139,11 +140,15 @@ class Fleet:
         self.rng = rng
 
     def ts(self, s: np.ndarray, k: np.ndarray) -> np.ndarray:
-        return self.t0 + self.phase[s] + self.dt * k
+        return self.t0 + self.phase[s] + self.dt * (k - self.batch + 1)
+
+    def point(self, s: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The point number whose timestamp is nearest ``ts`` (the inverse of :meth:`ts`)."""
+        return np.rint((ts - self.t0 - self.phase[s]) / self.dt).astype(np.int64) + self.batch - 1
 
     def due(self, now: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Messages whose last point is due at ``now``, oldest first: (source, first point)."""
-        points = np.floor((now - self.t0 - self.phase) / self.dt).astype(np.int64) + 1
+        points = np.floor((now - self.t0 - self.phase) / self.dt).astype(np.int64) + self.batch
         n = np.maximum(points - self.sent, 0) // self.batch
         if not n.any():
             return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -343,7 +348,7 @@ def account_windows(fleet: Fleet, window: int, stride: int, s: np.ndarray,
     Returns the counts, which records matched, and their ``k``."""
     known = s >= 0
     k = np.full(len(s), -1, np.int64)
-    k[known] = np.rint((start[known] - fleet.t0 - fleet.phase[s[known]]) / fleet.dt).astype(np.int64)
+    k[known] = fleet.point(s[known], start[known])
     valid = known & (k >= 0) & (k % stride == 0)
     valid[valid] &= np.abs(start[valid] - fleet.ts(s[valid], k[valid])) < 0.25 * fleet.dt
     valid[valid] &= k[valid] + window <= fleet.sent[s[valid]]
@@ -380,10 +385,9 @@ def _median_rss(samples: list[dict], lo: float, hi: float) -> float | None:
 
 
 def warmup_seconds(fraction: float, duration: float, message_period: float) -> float:
-    """The soak's warm-up: ``fraction`` of the live phase, and at least until every source has
-    sent its first message and a second one (a source's first is due between one and two
-    message periods after the start), but never more than half of the live phase."""
-    return min(max(fraction * duration, 2.5 * message_period), 0.5 * duration)
+    """The soak's warm-up: ``fraction`` of the live phase, and at least two message periods (every
+    source has then sent twice: its state exists), but never more than half of the live phase."""
+    return min(max(fraction * duration, 2 * message_period), 0.5 * duration)
 
 
 def rss_growth(samples: list[dict], duration: float, w: float) -> dict[str, Any]:
@@ -414,7 +418,8 @@ def rss_bounded(samples: list[dict], duration: float) -> dict[str, Any]:
     later = [r["worker_rss_bytes"] for r in samples if r["t"] >= mid and r.get("worker_rss_bytes")]
     all_rss = [r["worker_rss_bytes"] for r in samples if r.get("worker_rss_bytes")]
     res: dict[str, Any] = {"rss_before_middle_bytes": before, "peak_rss_after_middle_bytes": max(later) if later else None,
-                           "peak_rss_bytes": max(all_rss) if all_rss else None, "target": BOUNDED_TARGET}
+                           "peak_rss_bytes": max(all_rss) if all_rss else None,
+                           "rss_after_drain_bytes": all_rss[-1] if all_rss else None, "target": BOUNDED_TARGET}
     if before and later:
         res["growth"] = max(later) / before - 1
         res["bounded"] = res["growth"] < BOUNDED_TARGET
@@ -667,7 +672,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(tp.BUNDLED_SEQUENCE), help="model directory (default the bundled sequence model)")
     p.add_argument("--sample-seconds", type=float, default=None, help="default: duration / 120, at least 1")
     p.add_argument("--slice-seconds", type=float, default=None, help="latency slices (default: duration / 40, at least 5)")
-    p.add_argument("--warmup", type=float, default=0.15, help="soak: fraction of the live phase that is warm-up (at least 2.5 message periods; default 0.15)")
+    p.add_argument("--warmup", type=float, default=0.15, help="soak: fraction of the live phase that is warm-up (at least 2 message periods; default 0.15)")
     p.add_argument("--drain-timeout", type=float, default=None,
                    help="seconds to wait for the worker to catch up after the live phase (default 300, overload 10 x duration)")
     p.add_argument("--set", dest="worker_settings", action="append", type=_worker_setting, default=[],
