@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from wsgiref.simple_server import make_server
@@ -154,7 +155,10 @@ def _app(health: Health):
 def serve(host: str, port: int, health: Health = HEALTH):
     """Serve ``/metrics`` and ``/healthz`` over HTTP (loopback unless configured otherwise) in
     a daemon thread; returns the server."""
-    server = make_server(host, port, _app(health), ThreadingWSGIServer, handler_class=_SilentHandler)
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, _app(health), Server, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.server_port)
     return server
