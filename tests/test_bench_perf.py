@@ -101,7 +101,8 @@ def test_inference_bench_smoke(tmp_path):
     res = json.loads((tmp_path / "inference.json").read_text())
     assert res["peak_gflops"] > 0 and "cuda_measured" in res["gpu"]
     peak = res["matmul_peak"]  # the best of the three GEMMs, so "share of peak" cannot flatter
-    assert res["peak_gflops"] == max(peak["torch_gflops"], peak["numpy_gflops"], peak["onnxruntime_gflops"])
+    assert res["peak_gflops"] >= max(peak["torch_gflops"], peak["numpy_gflops"], peak["onnxruntime_gflops"])
+    assert res["peak_gflops"] == inference.spec_peak(res)  # and the production rounds' GEMMs (one thread here)
     for m in res["models"].values():
         assert m["flops_per_window"] > 0 and m["best_windows_per_s"] > 0
         assert {"onnxruntime_cpu_windows_per_s", "torch_eager_windows_per_s", "ort_over_torch"} <= set(m["rows"][0])
