@@ -678,6 +678,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="worker_settings", action="append", type=_worker_setting, default=[],
                    metavar="KEY=VALUE", help="worker config for every worker of the run (repeatable)")
     p.add_argument("--out", default=str(tp.DEFAULT_OUT), help="folder for the JSON, Markdown and PNG (default docs/benchmarks)")
+    p.add_argument("--tag", default="", help=f"suffix of the file names ({mode}TAG.json, .md, .png)")
     p.add_argument("--workdir", default=None, help="worker configs and logs (default: a temporary folder)")
     return p
 
@@ -717,17 +718,18 @@ def main(argv: list[str] | None = None, mode: str = "soak") -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    png = out / f"{mode}.png"
+    name = f"{mode}{args.tag}"
+    png = out / f"{name}.png"
     plot(res, png)
-    (out / f"{mode}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / f"{mode}.md").write_text(markdown(res, png.name))
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown(res, png.name))
     w, r = res["windows"], res["rss"]
     verdict = (f"RSS growth after warm-up {r['growth']:+.1%} (target < {r['target']:.0%}: "
                f"{'met' if r['target_met'] else 'missed'})" if mode == "soak" and "growth" in r else
                f"RSS bounded: {r.get('bounded')} (peak {_mib(r.get('peak_rss_bytes'))} MiB), "
                f"drained in {res['drain']['seconds_after_live_phase']} s" if mode == "overload" else "")
     print(f"{mode}: {w['scored_unique']:,} of {w['expected']:,} windows scored ({w['missing']:,} missing, "
-          f"{w['duplicates']:,} duplicates); {verdict}; wrote {out / (mode + '.json')}, .md, .png", flush=True)
+          f"{w['duplicates']:,} duplicates); {verdict}; wrote {out / (name + '.json')}, .md, .png", flush=True)
     return 0
 
 
