@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +91,14 @@ def test_worker_consumer_producer_and_sensor_settings():
     assert app_mod.FETCH_MAX_WAIT_MS <= 100
     monitor = app_mod._faust_prometheus_monitor()
     assert monitor.on_stream_event_in(None, 0, None, None) is None  # no per-event label work
+    assert monitor.events_total == 0
+    # but Faust's stall check (AIOKafkaConsumerThread._verify_aiokafka_event_path) still sees
+    # that the partition's stream takes events: it reads this dict
+    from faust.types import TP
+
+    tp = TP("in", 3)
+    monitor.on_stream_event_in(tp, 7, None, None)
+    assert monitor.stream_inbound_time.get(tp) == pytest.approx(time.monotonic(), abs=5)
 
 
 @pytest.mark.slow
@@ -132,13 +141,23 @@ def test_throughput_bench_smoke(tmp_path):
     from stream_detector.bench import throughput
 
     out = tmp_path / "out"
-    assert throughput.main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    assert throughput.main(["--quick", "--profile", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     res = json.loads((out / "throughput.json").read_text())
     seq = res["models"]["sequence"]
     assert set(seq["kinds"]) == {"single", "batch"}
+    cal = res["calibration"]  # the machine, measured in the same run, and every row as a ratio to it
+    assert cal["gemm_peak_gflops"] > 0 and cal["python_loop_ns_per_iteration"] > 0 and res["machine"]["cpu_model"]
     for entry in seq["kinds"].values():
         assert entry["points_per_s"] > 0 and entry["windows_per_s"] > 0
         assert {"ratio_to_passthrough", "ratio_to_aiokafka", "worker_cpu_us_per_point"} <= set(entry)
+        assert entry["ratio_to_gemm_peak"] == pytest.approx(
+            entry["windows_per_s"] * seq["flops_per_window"] / (cal["gemm_peak_gflops"] * 1e9))
+        assert entry["cpu_per_point_in_python_loop_iterations"] == pytest.approx(
+            entry["worker_cpu_us_per_point"] * 1e3 / cal["python_loop_ns_per_iteration"])
+        # both score-record forms measured; the batch form publishes fewer records for the same windows
+        assert entry["score_records"] == "window"
+        batched = entry["score_record_forms"]["batch"]
+        assert batched["points_per_s"] > 0 and batched["runs"][0]["windows"] == batched["runs"][0]["expected_windows"]
         lat = entry["latency"]
         assert {"p50", "p95", "p99"} <= set(lat) and lat["windows"] > 0
         # publication after the window's last point was stamped, and within the short live phase and its drain
@@ -152,6 +171,46 @@ def test_throughput_bench_smoke(tmp_path):
     assert sweep[0]["runs"][0]["windows"] == sweep[0]["runs"][0]["expected_windows"]  # stride 16's own count
     md = (out / "throughput.md").read_text()
     assert "| sequence |" in md and "| sequence | 16 |" in md
+    assert "Score records: one per window or one per source and step" in md and "GEMM share" in md
+    # the targets this run measured (stride 32 is not in the quick sweep), each with its figure
+    assert {t["target"].split(":")[0] for t in res["targets"]} == {
+        "single-point messages", "batch messages at stride 8", "single messages", "batch messages"}
+    for t in res["targets"]:
+        assert t["met"] == (t["value"] >= t["bound"] if t["unit"] == "ratio" else t["value"] <= t["bound"])
+    # py-spy on the real worker: the detector's stages are found in its stacks
+    if res.get("profile") is None:
+        pytest.fail("no profile written")
+    for kind, prof in res["profile"]["kinds"].items():
+        stages = {s["stage"]: s for s in prof["stages"]}
+        assert prof["samples"] > 0 and "inference (ONNX Runtime)" in stages, (kind, stages)
+        assert sum(s["us_per_point"] for s in prof["stages"]) == pytest.approx(prof["cpu_us_per_point"])
+    assert "Where the CPU goes (py-spy, this run)" in md
+
+
+def test_profile_stages_of_collapsed_stacks(tmp_path):
+    from stream_detector.bench import profile
+
+    raw = tmp_path / "raw.txt"
+    loop = "run_forever (/usr/lib/python3.11/asyncio/base_events.py:607)"
+    agent = "step (/work/stream_detector/app.py:360)"
+    raw.write_text("\n".join([
+        f"{loop};{agent};ingest_parts (/work/stream_detector/detector.py:440);decode (/work/stream_detector/codec.py:190) 30",
+        f"worker (/usr/lib/python3.11/concurrent/futures/thread.py:83);score (/work/stream_detector/detector.py:490);"
+        "score (/work/stream_detector/scoring.py:99);run (/venv/lib/python3.11/site-packages/onnxruntime/capi/"
+        "onnxruntime_inference_collection.py:220) 50",
+        f"{loop};{agent};send (/venv/lib/python3.11/site-packages/aiokafka/producer/producer.py:400) 15",
+        f"{loop};_execute_task (/venv/lib/python3.11/site-packages/faust/channels.py:300) 5",
+        "garbage line without a count",
+    ]) + "\n")
+    stacks = profile.read_stacks(raw)
+    assert sum(stacks.values()) == 100
+    prof = profile.breakdown(stacks, cpu_us_per_point=20.0)
+    got = {s["stage"]: s["us_per_point"] for s in prof["stages"]}
+    assert got == pytest.approx({"inference (ONNX Runtime)": 10.0, "decode + window (Detector.ingest_parts)": 6.0,
+                                 "publish (aiokafka producer)": 3.0, "Faust stream / channel / agent machinery": 1.0})
+    assert prof["self_time"][0]["function"].startswith("run (onnxruntime/")
+    md = "\n".join(profile.markdown({"single": prof}, {"single": {**prof, "cpu_us_per_point": 40.0}}))
+    assert "| inference (ONNX Runtime) | 50% | 10.0 | 50% | 10.0 |" in md and "before: 40.0" in md
 
 
 def test_latency_percentiles_are_numpy_percentiles():
