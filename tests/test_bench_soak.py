@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stream_detector import cli
-from stream_detector.bench.soak import BatchEncoder, Fleet, account_windows, latency_slices
+from stream_detector.bench.soak import BatchEncoder, Fleet, account_windows, latency_slices, log_levels
 from stream_detector.codec import encode_points
 
 
@@ -63,6 +63,20 @@ def test_account_windows_counts_missing_duplicate_and_unexpected_records():
     summary, valid, _ = account_windows(fleet, window, stride, src2, start2)
     assert (summary["missing"], summary["duplicates"], summary["unexpected"]) == (1, 2, 2)
     assert summary["scored_unique"] == 36 and not summary["every_window_scored"]
+
+
+def test_log_levels_counts_faust_lines_and_keeps_distinct_problems():
+    text = "\n".join([
+        "[2026-12-02 11:23:40,401] [3020] [INFO] [^Worker]: Starting... ",
+        "[2026-12-02 11:31:23,844] [3020] [ERROR] [^---Thread]: Stream stalled on partition=3 (started 7.72 minutes ago).",
+        "There are multiple possible explanations for this:",  # a continuation line, not a record
+        "[2026-12-02 11:31:30,844] [3020] [ERROR] [^---Thread]: Stream stalled on partition=2 (started 7.84 minutes ago).",
+        "[2026-12-02 11:31:31,000] [3020] [WARNING] Heartbeat failed",
+    ])
+    got = log_levels(text)
+    assert got["lines_by_level"] == {"INFO": 1, "ERROR": 2, "WARNING": 1}
+    assert got["first_warnings_and_errors"] == [
+        "[^---Thread]: Stream stalled on partition=N (started N minutes ago).", "Heartbeat failed"]
 
 
 def test_latency_slices_are_percentiles_of_each_slice():
@@ -130,6 +144,10 @@ def test_soak_and_overload_one_minute(tmp_path):
     md = (out / "soak.md").read_text()
     assert soak["machine"]["cpu_model"] in md and "stream-detector bench soak --duration 20" in md
     assert (out / "soak.png").stat().st_size > 10_000
+    # the worker's own log, counted: a clean short run logs no errors (Faust's stall check included)
+    lv = soak["worker_log"]["lines_by_level"]
+    assert lv.get("INFO", 0) > 10 and lv.get("ERROR", 0) == 0, soak["worker_log"]
+    assert "Worker log: " in md
 
     # the overload at twice the maximum the soak measured, for 10 s, then nothing
     assert cli.main(["bench", "overload", "--duration", "10", "--max-points-per-s", str(mx["points_per_s"]),

@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -491,6 +492,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             final = sampler.samples[-1] if sampler.samples else {}
         finally:
             worker.stop()
+            res["worker_log"] = log_levels(worker.log_text())
         index = {k: i for i, k in enumerate(fleet.keys)}
         src, start, end, pub = asyncio.run(_read_windows(broker.bootstrap, cfg.topic_scores, index, expected,
                                                          timeout=max(120.0, args.drain_timeout), settle=2.0))
@@ -524,6 +526,22 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         res["rss"] = rss_bounded(samples, args.duration)
     res["background_end"] = tp._background()
     return res
+
+
+def log_levels(text: str, examples: int = 3) -> dict[str, Any]:
+    """Lines per level in the worker's log (Faust's ``[date] [pid] [LEVEL] message`` lines) and
+    the first distinct WARNING/ERROR messages: a long run that logs errors is not a clean run,
+    whatever its figures."""
+    counts: dict[str, int] = {}
+    seen: list[str] = []
+    for m in re.finditer(r"^\[[^\]]*\] \[\d+\] \[([A-Z]+)\] (.*)$", text, re.MULTILINE):
+        level, msg = m.groups()
+        counts[level] = counts.get(level, 0) + 1
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            head = re.sub(r"\d+(\.\d+)?", "N", msg)[:160]
+            if head not in seen and len(seen) < examples:
+                seen.append(head)
+    return {"lines_by_level": counts, "first_warnings_and_errors": seen}
 
 
 # ----------------------------------------------------------------------------- reports
@@ -587,7 +605,14 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
               f"the publication of the score (its Kafka timestamp): p50 {_ms(res['latency']['from_send']['p50'])} ms, "
               f"p99 {_ms(res['latency']['from_send']['p99'])} ms; from the window's last point, which adds the time the "
               f"producer held the point to fill its message: p50 {_ms(res['latency']['from_point']['p50'])} ms, p99 "
-              f"{_ms(res['latency']['from_point']['p99'])} ms.", ""]
+              f"{_ms(res['latency']['from_point']['p99'])} ms."]
+    if "worker_log" in res:
+        lv = res["worker_log"]["lines_by_level"]
+        bad = lv.get("WARNING", 0) + lv.get("ERROR", 0) + lv.get("CRITICAL", 0)
+        lines.append(f"- Worker log: {bad:,} warning or error lines ({', '.join(f'{k} {v:,}' for k, v in sorted(lv.items())) or 'none'})"
+                     + (": " + "; ".join(f"`{e}`" for e in res["worker_log"]["first_warnings_and_errors"]) if bad else "")
+                     + ".")
+    lines.append("")
     if png:
         lines += [f"![{mode}]({png})", ""]
     lines += ["## Over time", "", "Latency from the completing message by slice of publication time:", "",
