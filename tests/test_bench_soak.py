@@ -79,6 +79,24 @@ def test_log_levels_counts_faust_lines_and_keeps_distinct_problems():
         "[^---Thread]: Stream stalled on partition=N (started N minutes ago).", "Heartbeat failed"]
 
 
+def test_overload_memory_is_bounded_when_it_does_not_follow_the_backlog():
+    from stream_detector.bench.soak import rss_bounded
+
+    mib = 2**20
+    # a ramp-up (0-20 s), then flat while the backlog grows and drains: bounded
+    lag = [0, 100, 200, 400, 800, 1600, 3200, 6400, 3200, 800, 0]
+    flat = [{"t": 10.0 * i, "worker_rss_bytes": (100 + min(i, 2) * 50) * mib, "lag_processed": lag[i]}
+            for i in range(len(lag))]
+    got = rss_bounded(flat, duration=70, w=20)
+    assert got["bounded"] and abs(got["bytes_per_backlog_message"]) < 1e-6
+    assert got["max_backlog_messages"] == 6400
+    # 10 kB per message of backlog held in the worker: 62.5 MiB at 6,400 messages, 31 % of 200 MiB
+    holds = [{**r, "worker_rss_bytes": 200 * mib + 10_000 * r["lag_processed"]} for r in flat]
+    got = rss_bounded(holds, duration=70, w=20)
+    assert not got["bounded"] and got["bytes_per_backlog_message"] == pytest.approx(10_000)
+    assert got["rss_for_max_backlog_bytes"] == pytest.approx(64e6)
+
+
 def test_latency_slices_are_percentiles_of_each_slice():
     pub = np.array([0.5, 1.0, 1.5, 6.0, 7.0])
     lat = np.array([0.1, 0.2, 0.3, 1.0, 3.0])
@@ -145,6 +163,10 @@ def test_soak_and_overload_one_minute(tmp_path):
     assert soak["machine"]["cpu_model"] in md and "stream-detector bench soak --duration 20" in md
     assert (out / "soak.png").stat().st_size > 10_000
     # the worker's own log, counted: a clean short run logs no errors (Faust's stall check included)
+    # the broker's own speed at the head of the input topic, sampled beside the worker
+    fetches = [r["broker_tail_fetch_ms"] for r in live if r.get("broker_tail_fetch_ms") is not None]
+    assert len(fetches) >= 10 and all(0 < f < 30_000 for f in fetches)
+    assert soak["settings"]["producer_tick_s"] == 0.01
     lv = soak["worker_log"]["lines_by_level"]
     assert lv.get("INFO", 0) > 10 and lv.get("ERROR", 0) == 0, soak["worker_log"]
     assert "Worker log: " in md
@@ -163,4 +185,5 @@ def test_soak_and_overload_one_minute(tmp_path):
     assert b["peak_rss_bytes"] == max(r["worker_rss_bytes"] for r in ov["samples"])
     assert b["growth"] == pytest.approx(b["peak_rss_after_middle_bytes"] / b["rss_before_middle_bytes"] - 1)
     assert isinstance(b["bounded"], bool) and b["peak_rss_bytes"] < 1 << 30
+    assert b["backlog_share"] == pytest.approx(b["rss_for_max_backlog_bytes"] / b["rss_median_bytes"])
     assert "Memory bounded" in (out / "overload.md").read_text()

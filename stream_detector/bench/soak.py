@@ -37,9 +37,12 @@ JSON, Markdown and a PNG to ``docs/benchmarks/`` (``soak.*``, ``overload.*``).
 
 Verdicts: soak, RSS growth after the warm-up (the first ``--warmup`` fraction of the live
 phase, and at least two message periods, so that every source has sent twice): median RSS over the last tenth of the live phase against the median over the tenth
-that follows the warm-up, target under 5 %.  Overload: memory bounded when the peak RSS from
-the middle of the overload to the end of the drain exceeds the median RSS just before the
-middle by under 5 % (while the backlog in the broker keeps growing); every window scored.
+that follows the warm-up, target under 5 %.  Overload: memory bounded when the RSS that the
+backlog accounts for (slope of RSS over the unprocessed backlog after the warm-up, times the
+largest backlog) is under 5 % of the median RSS, i.e. the backlog stays in Kafka; every window
+scored.  The broker's speed at the head of the input topic is sampled beside the worker
+(``broker_tail_fetch_ms``): Tansu's memory storage slows down as a partition's record batches
+accumulate, and a long run shows when the broker, not the worker, sets the pace.
 """
 
 from __future__ import annotations
@@ -253,15 +256,60 @@ def _committed_lag(text: str, topic: str, acked: np.ndarray) -> int:
 class Sampler(threading.Thread):
     """Samples the worker every ``interval`` seconds in a thread (the producer owns the main one)."""
 
-    def __init__(self, worker, broker_pid: int | None, topic: str, stats: ProducerStats, t0: float, interval: float):
+    def __init__(self, worker, broker_pid: int | None, topic: str, stats: ProducerStats, t0: float, interval: float,
+                 bootstrap: str | None = None):
         super().__init__(daemon=True)
         self.worker, self.broker_pid, self.topic, self.stats, self.t0 = worker, broker_pid, topic, stats, t0
         self.interval, self.samples, self.halt = interval, [], threading.Event()
         self.cpu0 = tp._cpu_seconds(worker.proc.pid)
+        self.bootstrap = bootstrap
 
     def run(self) -> None:
-        while not self.halt.wait(self.interval):
-            self.samples.append(self.sample())
+        loop = asyncio.new_event_loop()
+        probe = None
+        try:
+            if self.bootstrap:
+                probe = loop.run_until_complete(_tail_probe(self.bootstrap, self.topic))
+            while not self.halt.wait(self.interval):
+                row = self.sample()
+                if probe is not None:
+                    row["broker_tail_fetch_ms"] = loop.run_until_complete(probe.fetch())
+                self.samples.append(row)
+        finally:
+            if probe is not None:
+                loop.run_until_complete(probe.consumer.stop())
+            loop.close()
+
+
+class _TailProbe:
+    """Times a fetch of the last record of the input topic's partition 0: how long the broker
+    takes to serve a consumer at the head of a partition, which the worker does all the time.
+    Tansu 0.6's memory storage serves it in time linear in the record batches the partition
+    holds (it keeps no index and applies no retention), so a long run at a high message rate
+    ends up measuring the broker; this column shows when."""
+
+    def __init__(self, consumer, tp_):
+        self.consumer, self.tp = consumer, tp_
+
+    async def fetch(self) -> float | None:
+        end = (await self.consumer.end_offsets([self.tp]))[self.tp]
+        if end < 1:
+            return None
+        self.consumer.seek(self.tp, end - 1)
+        t = time.perf_counter()
+        got = await self.consumer.getmany(self.tp, timeout_ms=30_000, max_records=1)
+        return round((time.perf_counter() - t) * 1e3, 2) if got else None
+
+
+async def _tail_probe(bootstrap: str, topic: str) -> _TailProbe:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    tp_ = TopicPartition(topic, 0)
+    consumer.assign([tp_])
+    return _TailProbe(consumer, tp_)
 
     def sample(self) -> dict[str, Any]:
         t = time.time()
@@ -401,7 +449,7 @@ def rss_growth(samples: list[dict], duration: float, w: float) -> dict[str, Any]
                            "target": RSS_GROWTH_TARGET}
     if first and last:
         res["growth"] = last / first - 1
-        res["target_met"] = res["growth"] < RSS_GROWTH_TARGET
+        res["target_met"] = bool(res["growth"] < RSS_GROWTH_TARGET)
     if len(after) >= 3:
         x = np.array([r["t"] for r in after])
         y = np.array([r["worker_rss_bytes"] for r in after], float)
@@ -411,19 +459,34 @@ def rss_growth(samples: list[dict], duration: float, w: float) -> dict[str, Any]
     return res
 
 
-def rss_bounded(samples: list[dict], duration: float) -> dict[str, Any]:
-    """Overload: the peak RSS from the middle of the overload to the end of the drain against the
-    median over the fifth of the overload just before its middle."""
+def rss_bounded(samples: list[dict], duration: float, w: float = 0.0) -> dict[str, Any]:
+    """Overload: does the worker's memory grow with the backlog?  Bounded when the RSS that the
+    backlog accounts for (the slope of RSS over the unprocessed backlog, fitted from the end of
+    the warm-up ``w`` to the end of the drain, times the largest backlog) is under 5 % of the
+    median RSS: the backlog must stay in Kafka, not in the worker.  Also reported: the peak RSS
+    from the middle of the overload to the end of the drain against the median over the fifth
+    before the middle, which still includes the worker's own ramp-up when the warm-up is long."""
     mid = duration / 2
     before = _median_rss(samples, 0.3 * duration, mid)
     later = [r["worker_rss_bytes"] for r in samples if r["t"] >= mid and r.get("worker_rss_bytes")]
     all_rss = [r["worker_rss_bytes"] for r in samples if r.get("worker_rss_bytes")]
     res: dict[str, Any] = {"rss_before_middle_bytes": before, "peak_rss_after_middle_bytes": max(later) if later else None,
                            "peak_rss_bytes": max(all_rss) if all_rss else None,
-                           "rss_after_drain_bytes": all_rss[-1] if all_rss else None, "target": BOUNDED_TARGET}
+                           "rss_after_drain_bytes": all_rss[-1] if all_rss else None, "target": BOUNDED_TARGET,
+                           "warmup_seconds": w}
     if before and later:
         res["growth"] = max(later) / before - 1
-        res["bounded"] = res["growth"] < BOUNDED_TARGET
+    fit = [r for r in samples if r["t"] >= w and r.get("worker_rss_bytes") and "lag_processed" in r]
+    if len(fit) >= 3 and max(r["lag_processed"] for r in fit) > 0:
+        x = np.array([r["lag_processed"] for r in fit], float)
+        y = np.array([r["worker_rss_bytes"] for r in fit], float)
+        slope = float(np.polyfit(x, y, 1)[0])
+        res["bytes_per_backlog_message"] = slope
+        res["max_backlog_messages"] = int(x.max())
+        res["rss_for_max_backlog_bytes"] = slope * x.max()
+        res["rss_median_bytes"] = float(np.median(y))
+        res["backlog_share"] = res["rss_for_max_backlog_bytes"] / res["rss_median_bytes"]
+        res["bounded"] = bool(res["backlog_share"] < BOUNDED_TARGET)
     return res
 
 
@@ -455,6 +518,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "benchmark": mode, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": tp.machine(),
         "command": args.command,
         "settings": {"sources": args.sources, "duration_s": args.duration, "factor": args.factor,
+                     "producer_tick_s": args.producer_tick,
                      "batch_points": args.batch_points, "model_dir": str(model), "model": f"{card.name}:{card.version}",
                      "window": card.window, "stride": card.stride, "channels": len(card.channels),
                      "sample_seconds": args.sample_seconds, "slice_seconds": args.slice_seconds,
@@ -479,9 +543,10 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             print(f"{mode}: {args.sources:,} sources at {rate:,.0f} points/s ({1 / fleet.dt:,.2f} points/s each, "
                   f"{rate / args.batch_points:,.0f} messages/s) for {args.duration:g} s", flush=True)
             stats = ProducerStats(cfg.partitions)
-            sampler = Sampler(worker, broker.pid, cfg.topic_input, stats, t0, args.sample_seconds)
+            sampler = Sampler(worker, broker.pid, cfg.topic_input, stats, t0, args.sample_seconds, broker.bootstrap)
             sampler.start()
-            asyncio.run(_produce_live(broker.bootstrap, cfg.topic_input, fleet, t0 + args.duration, stats))
+            asyncio.run(_produce_live(broker.bootstrap, cfg.topic_input, fleet, t0 + args.duration, stats,
+                                      tick=args.producer_tick))
             t_end = time.time()
             expected = fleet.expected_windows(card.window, card.stride)
             print(f"{mode}: sent {stats.points:,} points in {stats.messages:,} messages "
@@ -523,7 +588,8 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         res["rss"] = rss_growth(samples, args.duration,
                                 warmup_seconds(args.warmup, args.duration, args.batch_points * fleet.dt))
     else:
-        res["rss"] = rss_bounded(samples, args.duration)
+        res["rss"] = rss_bounded(samples, args.duration,
+                                 warmup_seconds(args.warmup, args.duration, args.batch_points * fleet.dt))
     res["background_end"] = tp._background()
     return res
 
@@ -562,12 +628,16 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
     lines = [f"# {MODES[mode]['title']}", "",
              f"CPU: {m['cpu_model']}, {m['cpus']} cores ({m['platform']}), {res['created']}.", "",
              "Produced by:", "", "```", res["command"], "```", "",
+             *([f"Verdicts recomputed from the recorded samples on {', '.join(res['verdicts_recomputed'])} "
+                f"(`--again`), with the definitions of this version of the runner.", ""]
+               if res.get("verdicts_recomputed") else []),
              (f"The real worker (one process) on the embedded broker (Tansu, memory storage), same machine; model "
               f"`{s['model']}` (W = {s['window']}, stride {s['stride']}, {s['channels']} channel(s)); {s['sources']:,} "
               f"sources sending batch messages of {s['batch_points']} points on a fixed schedule, points stamped with "
               f"the wall clock. Maximum: {mx['points_per_s']:,.0f} points/s ({how}). Offered: {off['points_per_s']:,.0f} "
               f"points/s ({off['ratio_to_max']:.2f} x the maximum; {off['points_per_s_per_source']:,.2f} points/s a "
-              f"source, {off['messages_per_s']:,.0f} messages/s) for {s['duration_s']:g} s, then nothing. The producer "
+              f"source, {off['messages_per_s']:,.0f} messages/s) for {s['duration_s']:g} s, then nothing, sent every "
+              f"{s.get('producer_tick_s', 0.01):g} s as one record batch per partition. The producer "
               f"sent {prod['points']:,} points ({prod['points_per_s']:,.0f} points/s achieved; at worst "
               f"{prod['behind_max_s']:.2f} s behind its schedule). Load average at start "
               f"{res['background_start']['loadavg']}, at end {res['background_end']['loadavg']}; other benchmarks "
@@ -584,12 +654,17 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
         else:
             lines.append("- Worker RSS growth: not enough samples after the warm-up.")
     else:
-        if "growth" in rss:
-            lines.append(f"- Memory bounded: {'yes' if rss['bounded'] else '**no**'}: peak worker RSS from the middle "
-                         f"of the overload to the end of the drain {_mib(rss['peak_rss_after_middle_bytes'])} MiB against "
-                         f"{_mib(rss['rss_before_middle_bytes'])} MiB before the middle ({rss['growth']:+.1%}; bound "
-                         f"{rss['target']:.0%}) while the backlog grew to {lag['max_committed']:,} messages; "
-                         f"peak over the run {_mib(rss['peak_rss_bytes'])} MiB.")
+        if "bounded" in rss:
+            lines.append(f"- Memory bounded: {'yes' if rss['bounded'] else '**no**'}: the backlog accounts for "
+                         f"{rss['bytes_per_backlog_message']:,.0f} bytes of worker RSS a message (slope of RSS over the "
+                         f"unprocessed backlog after the first {rss['warmup_seconds']:.0f} s), "
+                         f"{_mib(rss['rss_for_max_backlog_bytes'])} MiB at the largest backlog "
+                         f"({rss['max_backlog_messages']:,} messages), {rss['backlog_share']:.1%} of the median RSS "
+                         f"{_mib(rss['rss_median_bytes'])} MiB (bound {rss['target']:.0%}). Peak RSS "
+                         f"{_mib(rss['peak_rss_bytes'])} MiB; from the middle of the overload to the end of the drain "
+                         f"{_mib(rss['peak_rss_after_middle_bytes'])} MiB against {_mib(rss['rss_before_middle_bytes'])} "
+                         f"MiB over the fifth before the middle ({rss.get('growth', float('nan')):+.1%}, which "
+                         f"includes the worker's ramp-up).")
         dr = res["drain"]
         lines.append(f"- Drained: {'yes' if dr['caught_up'] else '**no**'}"
                      + (f", {dr['seconds_after_live_phase']:.1f} s after the producer stopped." if dr["caught_up"] else "."))
@@ -625,12 +700,13 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
     shown = samples[::step] + ([samples[-1]] if samples and (len(samples) - 1) % step else [])
     lines += ["", f"Samples (every {step} of {len(samples)}; all in the JSON):", "",
               "| t (s) | phase | worker RSS (MiB) | broker RSS (MiB) | worker CPU (s) | messages sent | lag committed | "
-              "lag processed | windows scored | load 1m |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "lag processed | windows scored | broker tail fetch (ms) | load 1m |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in shown:
         lines.append(f"| {r['t']:,.0f} | {r['phase']} | {_mib(r.get('worker_rss_bytes'))} | "
                      f"{_mib(r.get('broker_rss_bytes'))} | {r['worker_cpu_seconds']:,.0f} | {r['messages_sent']:,} | "
                      f"{r.get('lag_committed', '-')} | {r.get('lag_processed', '-')} | {r.get('windows_scored', '-')} | "
-                     f"{r['loadavg_1m']} |")
+                     f"{r.get('broker_tail_fetch_ms', '-')} | {r['loadavg_1m']} |")
     lines += ["", "The broker keeps every message in memory (Tansu's memory storage, no retention), so its RSS grows "
               "with everything sent, scored and persisted; the worker's must not."]
     return "\n".join(lines) + "\n"
@@ -651,6 +727,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     mid = [(x["t0"] + x["t1"]) / 2 for x in sl]
     axes[1].plot(mid, [x["p50"] * 1e3 for x in sl], ".-", label="p50")
     axes[1].plot(mid, [x["p99"] * 1e3 for x in sl], ".-", label="p99")
+    probe = [(r["t"], r["broker_tail_fetch_ms"]) for r in res["samples"] if r.get("broker_tail_fetch_ms")]
+    if probe:
+        axes[1].plot(*zip(*probe), ".-", ms=3, color="grey", label="broker: one tail fetch")
     axes[1].set(xlabel="s (publication)", ylabel="ms", title="end-to-end latency", yscale="log")
     axes[1].legend()
     axes[2].plot(t, [r["lag_committed"] for r in samples], ".-", ms=3, label="acked - committed")
@@ -695,6 +774,13 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--max-timeout", type=float, default=900.0)
     p.add_argument("--batch-points", type=int, default=None, help="points per message (default the model's window)")
     p.add_argument("--model", default=str(tp.BUNDLED_SEQUENCE), help="model directory (default the bundled sequence model)")
+    p.add_argument("--again", default=None, metavar="JSON",
+                   help="recompute the verdicts of an earlier run from the samples in its JSON and rewrite its "
+                        "reports (no new run)")
+    p.add_argument("--producer-tick", type=float, default=0.01,
+                   help="seconds between the producer's sends: each send is one record batch per partition with "
+                        "every message due (default 0.01: small batches, as from many senders; a gateway that "
+                        "forwards a fleet's messages every 0.2 s writes 20x fewer, larger batches)")
     p.add_argument("--sample-seconds", type=float, default=None, help="default: duration / 120, at least 1")
     p.add_argument("--slice-seconds", type=float, default=None, help="latency slices (default: duration / 40, at least 5)")
     p.add_argument("--warmup", type=float, default=0.15, help="soak: fraction of the live phase that is warm-up (at least 2 message periods; default 0.15)")
@@ -706,6 +792,19 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     p.add_argument("--tag", default="", help=f"suffix of the file names ({mode}TAG.json, .md, .png)")
     p.add_argument("--workdir", default=None, help="worker configs and logs (default: a temporary folder)")
     return p
+
+
+def verdicts_again(path: str, mode: str) -> dict[str, Any]:
+    """A run's JSON with its verdicts computed again from the samples it holds (after a change to
+    a verdict's definition: the run itself is not repeated, and the JSON says so)."""
+    res = json.loads(Path(path).read_text())
+    if res.get("benchmark") != mode:
+        raise ValueError(f"a {res.get('benchmark')!r} run, not {mode!r}")
+    s = res["settings"]
+    w = warmup_seconds(s["warmup_fraction"], s["duration_s"], s["batch_points"] / res["offered"]["points_per_s_per_source"])
+    res["rss"] = (rss_growth if mode == "soak" else rss_bounded)(res["samples"], s["duration_s"], w)
+    res.setdefault("verdicts_recomputed", []).append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return res
 
 
 def main(argv: list[str] | None = None, mode: str = "soak") -> int:
@@ -739,7 +838,10 @@ def main(argv: list[str] | None = None, mode: str = "soak") -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(args, mode)
+        res = verdicts_again(args.again, mode) if args.again else run(args, mode)
+    except (OSError, ValueError, KeyError) as e:  # a bad --again file
+        print(f"error: --again {args.again}: {e!r}", file=sys.stderr)
+        return 2
     finally:
         if tmp is not None:
             tmp.cleanup()
