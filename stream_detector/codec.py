@@ -180,11 +180,22 @@ class PointDecoder:
         ``last_values`` (float32 ``[C]``, model order) is the source's previous point, used
         only when imputation is allowed and a channel is missing.
         """
+        self._check_size(raw)
+        return self._payload(self.source_of(key), raw, last_values)
+
+    def decode_payload(self, source: str, raw: bytes, last_values: np.ndarray | None = None) -> Points:
+        """:meth:`decode` for a ``source`` already checked by :meth:`source_of` (the worker
+        looks it up first, to route the message)."""
+        self._check_size(raw)
+        return self._payload(source, raw, last_values)
+
+    def _check_size(self, raw: bytes | None) -> None:
         if raw is None:
             raise InvalidMessage("undecodable", "message has no value")
         if len(raw) > self.max_bytes:
             raise InvalidMessage("oversize", f"{len(raw)} bytes > max_message_bytes={self.max_bytes}")
-        source = self.source_of(key)
+
+    def _payload(self, source: str, raw: bytes, last_values: np.ndarray | None) -> Points:
         msg = _loads(raw)
         if not isinstance(msg, dict):
             raise InvalidMessage("undecodable", f"payload is a {type(msg).__name__}, not a map")

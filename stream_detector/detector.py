@@ -449,8 +449,8 @@ class Detector:
                     continue
                 decoder = st.served.decoder
                 last = sw.last_values() if decoder.allow_imputation else None
-                points = decoder.decode(source, msg.value, last_values=last)
-                batch = sw.push_batch(points.ts, points.values)
+                points = decoder.decode_payload(source, msg.value, last)
+                batch = sw.push_point(points) if len(points) == 1 else sw.push_batch(points.ts, points.values)
                 sw.last_offset = int(msg.offset)
             except InvalidMessage as exc:
                 self._dead(prepared, msg, exc)

@@ -26,6 +26,8 @@ windows the original would have.  A Faust table keyed by source can therefore ho
 
 from __future__ import annotations
 
+import math
+
 import base64
 import hashlib
 from collections.abc import Callable, Sequence
@@ -184,6 +186,17 @@ class SourceWindows:
             self._reset()
             parts.append(self._push_segment(ts[a:b], values[a:b]))
         return WindowBatch(*(np.concatenate(x) for x in zip(*parts)))
+
+    def push_point(self, points) -> WindowBatch:
+        """:meth:`push_batch` for one decoded point (:class:`~stream_detector.codec.Points` of
+        length 1, finite and of the right width): the single-point message's path, without the
+        array conversions and checks the decoder has already made."""
+        t = float(points.ts[0])
+        if self._last_ts is not None and t <= self._last_ts:
+            raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {self._last_ts!r}")
+        if not math.isfinite(t):
+            raise InvalidMessage("bad_value", "timestamps must be finite")
+        return self._push_one(t, points.values[0])
 
     def _empty(self) -> WindowBatch:
         """No window (most single-point pushes): one shared, read-only instance per shape."""

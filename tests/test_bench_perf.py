@@ -101,6 +101,69 @@ def test_worker_consumer_producer_and_sensor_settings():
     assert monitor.stream_inbound_time.get(tp) == pytest.approx(time.monotonic(), abs=5)
 
 
+def test_monitor_counts_messages_like_faust_prometheus_monitor():
+    """The lean sensor's on_message_in (label children cached per partition) moves the same
+    series as Faust's PrometheusMonitor.on_message_in."""
+    from faust.types import TP
+    from prometheus_client import REGISTRY
+
+    from stream_detector import app as app_mod
+
+    monitor = app_mod._faust_prometheus_monitor()
+
+    def series() -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in REGISTRY.collect()
+                if m.name.startswith("stream_detector_faust_messages_received") for s in m.samples
+                if not s.name.endswith("_created")}
+
+    class Msg:
+        pass
+
+    before = series()
+    for offset in range(5):
+        monitor.on_message_in(TP("lean-in", 2), offset, Msg())
+    monitor.on_message_in(TP("lean-in", 0), 41, Msg())
+    after = series()
+    assert after[("stream_detector_faust_messages_received_total", ())] - before.get(
+        ("stream_detector_faust_messages_received_total", ()), 0) == 6
+    assert after[("stream_detector_faust_messages_received_per_topic_total", (("topic", "lean-in"),))] == 6
+    assert after[("stream_detector_faust_messages_received_per_topics_partition",
+                  (("partition", "2"), ("topic", "lean-in")))] == 4
+    assert after[("stream_detector_faust_messages_received_per_topics_partition",
+                  (("partition", "0"), ("topic", "lean-in")))] == 41
+    assert monitor.messages_received_by_topic["lean-in"] == 6 and monitor.tp_read_offsets[TP("lean-in", 0)] == 41
+
+
+def test_key_partitions_are_the_default_partitioners_choice():
+    """The worker's cached partition per key is what aiokafka's DefaultPartitioner (Kafka's
+    murmur2) gives, and follows a topic that gains partitions."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from stream_detector.app import KeyPartitions
+
+    class Metadata:
+        def __init__(self):
+            self.n = {"scores": 4}
+
+        def partitions_for_topic(self, topic):
+            return set(range(self.n[topic])) if topic in self.n else None
+
+        available_partitions_for_topic = partitions_for_topic
+
+    class Producer:
+        _metadata = Metadata()
+        _partitioner = DefaultPartitioner()
+
+    kp = KeyPartitions(Producer())
+    keys = [f"source-{i}".encode() for i in range(200)]
+    want = [DefaultPartitioner()(k, [0, 1, 2, 3], [0, 1, 2, 3]) for k in keys]
+    assert [kp("scores", k) for k in keys] == want == [kp("scores", k) for k in keys]
+    assert len(set(want)) == 4
+    assert kp("unknown-topic", keys[0]) is None and kp("scores", None) is None  # aiokafka chooses
+    Producer._metadata.n["scores"] = 7
+    assert [kp("scores", k) for k in keys] == [DefaultPartitioner()(k, list(range(7)), list(range(7))) for k in keys]
+
+
 @pytest.mark.slow
 def test_inference_bench_smoke(tmp_path):
     pytest.importorskip("torch")

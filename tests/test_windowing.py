@@ -190,3 +190,27 @@ def test_router_persists_through_a_table_and_drops_incompatible_state():
     # Eviction of idle sources.
     r2.push("s2", ts[:3] + 500, vals[:3])
     assert r2.evict_idle(before_ts=1200.0) == ["s1"] and "s2" in r2 and len(r2) == 1
+
+
+@pytest.mark.parametrize("max_gap", [None, 3.5])
+def test_push_point_is_push_batch_for_one_point(max_gap):
+    """The single-point path the worker takes for a decoded single-point message gives the same
+    windows and the same state as push_batch, gaps and rejections included."""
+    from stream_detector.codec import Points
+
+    rng = np.random.default_rng(3)
+    ts = np.cumsum(rng.choice([1.0, 1.0, 1.0, 5.0], 200))
+    vals = rng.normal(size=(200, 2)).astype(np.float32)
+    a, b = SourceWindows(16, 4, 2, max_gap), SourceWindows(16, 4, 2, max_gap)
+    for t, v in zip(ts, vals):
+        wa = a.push_point(Points("s", np.array([t]), v[None, :]))
+        wb = b.push_batch(np.array([t]), v[None, :])
+        assert np.array_equal(wa.values, wb.values) and np.array_equal(wa.start_ts, wb.start_ts)
+        assert np.array_equal(wa.end_ts, wb.end_ts)
+    assert a.state() == b.state()
+    with pytest.raises(InvalidMessage) as e:
+        a.push_point(Points("s", np.array([ts[-1]]), vals[:1]))
+    assert e.value.reason == "ts_not_increasing" and a.state() == b.state()
+    with pytest.raises(InvalidMessage) as e:
+        a.push_point(Points("s", np.array([np.nan]), vals[:1]))
+    assert e.value.reason == "bad_value" and a.state() == b.state()

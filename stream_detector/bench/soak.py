@@ -253,34 +253,6 @@ def _committed_lag(text: str, topic: str, acked: np.ndarray) -> int:
     return lag
 
 
-class Sampler(threading.Thread):
-    """Samples the worker every ``interval`` seconds in a thread (the producer owns the main one)."""
-
-    def __init__(self, worker, broker_pid: int | None, topic: str, stats: ProducerStats, t0: float, interval: float,
-                 bootstrap: str | None = None):
-        super().__init__(daemon=True)
-        self.worker, self.broker_pid, self.topic, self.stats, self.t0 = worker, broker_pid, topic, stats, t0
-        self.interval, self.samples, self.halt = interval, [], threading.Event()
-        self.cpu0 = tp._cpu_seconds(worker.proc.pid)
-        self.bootstrap = bootstrap
-
-    def run(self) -> None:
-        loop = asyncio.new_event_loop()
-        probe = None
-        try:
-            if self.bootstrap:
-                probe = loop.run_until_complete(_tail_probe(self.bootstrap, self.topic))
-            while not self.halt.wait(self.interval):
-                row = self.sample()
-                if probe is not None:
-                    row["broker_tail_fetch_ms"] = loop.run_until_complete(probe.fetch())
-                self.samples.append(row)
-        finally:
-            if probe is not None:
-                loop.run_until_complete(probe.consumer.stop())
-            loop.close()
-
-
 class _TailProbe:
     """Times a fetch of the last record of the input topic's partition 0: how long the broker
     takes to serve a consumer at the head of a partition, which the worker does all the time.
@@ -310,6 +282,35 @@ async def _tail_probe(bootstrap: str, topic: str) -> _TailProbe:
     tp_ = TopicPartition(topic, 0)
     consumer.assign([tp_])
     return _TailProbe(consumer, tp_)
+
+
+class Sampler(threading.Thread):
+    """Samples the worker every ``interval`` seconds in a thread (the producer owns the main one)."""
+
+    def __init__(self, worker, broker_pid: int | None, topic: str, stats: ProducerStats, t0: float, interval: float,
+                 bootstrap: str | None = None):
+        super().__init__(daemon=True)
+        self.worker, self.broker_pid, self.topic, self.stats, self.t0 = worker, broker_pid, topic, stats, t0
+        self.interval, self.samples, self.halt = interval, [], threading.Event()
+        self.cpu0 = tp._cpu_seconds(worker.proc.pid)
+        self.bootstrap = bootstrap
+
+    def run(self) -> None:
+        loop = asyncio.new_event_loop()
+        probe = None
+        try:
+            if self.bootstrap:
+                probe = loop.run_until_complete(_tail_probe(self.bootstrap, self.topic))
+            while not self.halt.wait(self.interval):
+                row = self.sample()
+                if probe is not None:
+                    row["broker_tail_fetch_ms"] = loop.run_until_complete(probe.fetch())
+                self.samples.append(row)
+        finally:
+            if probe is not None:
+                loop.run_until_complete(probe.consumer.stop())
+            loop.close()
+
 
     def sample(self) -> dict[str, Any]:
         t = time.time()

@@ -73,6 +73,10 @@ MODELS: dict[str, tuple[str, int, int, int]] = {
     "sequence-25": ("sequence", 64, CHANNELS_SMAP, 32),
 }
 DEFAULT_MODELS = ("sequence", "distance-plot", "distance-plot-mv")
+# The only series a timed run polls (every 50 ms): a full scrape made the worker collect and
+# format every series, Faust's per-partition ones included, 20 times a second, which the
+# profile showed as 13 % of its CPU with single-point messages; Prometheus scrapes every 15 s.
+POLLED = ("stream_detector_points_total", "stream_detector_windows_scored_total")
 SCALING_WINDOWS = (64, 128, 256)
 SCALING_SOURCES = (10, 100, 1000, 10000)
 
@@ -282,7 +286,7 @@ def _config(broker, model: Path, name: str, **overrides):
 # ----------------------------------------------------------------------------- measurements
 def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: int, n_windows: int,
                  workdir: Path, timeout: float = 600.0, published: int | None = None, end_at_settle: bool = False,
-                 **overrides) -> dict[str, Any]:
+                 profile_to: Path | None = None, **overrides) -> dict[str, Any]:
     """The real worker drains a pre-loaded topic; points/s from first point processed to last score.
 
     ``n_windows`` is what the worker *scores* (``stream_detector_windows_scored_total``, the
@@ -299,6 +303,13 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     before = _background()
     worker = WorkerProcess(cfg, workdir, name=tag)
     worker.start()
+    spy = None
+    if profile_to is not None:
+        from . import profile
+
+        spy = profile.record(worker.proc.pid, profile_to)
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy; `make install` brings it)")
     cpu0 = _cpu_seconds(worker.proc.pid)
     t_zero = None
     t_first = None
@@ -310,7 +321,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     try:
         while time.monotonic() < deadline:
             now = time.time()
-            text = worker.scrape()
+            text = worker.scrape(POLLED)
             points = _metric(text, "stream_detector_points_total", 'status="ok"')
             windows = _metric(text, "stream_detector_windows_scored_total")
             if points == 0:
@@ -328,6 +339,10 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
         text = worker.scrape()
     finally:
         worker.kill()  # a fresh consumer group per run: no clean shutdown needed
+        if spy is not None:
+            from . import profile
+
+            profile.finish(spy)
     if not done:
         raise RuntimeError(f"{tag}: the worker did not finish within {timeout:.0f} s:\n{worker.tail()}")
     scores = read_scores(broker.bootstrap, cfg.topic_scores, published)
@@ -500,11 +515,11 @@ async def _live(bootstrap: str, topic: str, channels: list[str], sources: int, p
 
 
 def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int, points_per_s: float, batch: int,
-                seconds: float, workdir: Path) -> dict[str, Any]:
+                seconds: float, workdir: Path, **overrides) -> dict[str, Any]:
     """The worker at a given load (live producer); end-to-end latency percentiles in seconds."""
     from ..worker import WorkerProcess
 
-    cfg = _config(broker, model, tag)
+    cfg = _config(broker, model, tag, **overrides)
     before = _background()
     worker = WorkerProcess(cfg, workdir, name=tag).start()
     try:
@@ -513,7 +528,7 @@ def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int
         # wait until the worker has caught up (its windows counter stops moving)
         last, stable_since, deadline = -1.0, time.monotonic(), time.monotonic() + 60
         while time.monotonic() < deadline:
-            n = _metric(worker.scrape(), "stream_detector_windows_scored_total")
+            n = _metric(worker.scrape(POLLED), "stream_detector_windows_scored_total")
             if n != last:
                 last, stable_since = n, time.monotonic()
             elif time.monotonic() - stable_since > 0.5:
@@ -549,6 +564,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "score_records": args.score_records},
         "background_start": _background(), "models": {}, "passthrough": {}, "aiokafka": {},
     }
+    forms = args.score_records
+    results["calibration"] = calibration(args.runs, "start")
     kinds = {"single": (1, args.single_points), "batch": (args.batch_points, args.batch_points_total)}
     with EmbeddedBroker() as broker:
         models = {m: bench_model(models_dir, m) for m in args.models}
@@ -595,27 +612,46 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 topic, n_msgs, n_points = topics[tuple(card.channels), kind]
                 tkey = f"{kind}/{c}ch"
                 n_windows = expected_windows(n_points // args.sources, args.sources, window, stride)
-                runs = [run_detector(broker, model, topic, f"det-{mname}-{kind}-{r}", n_points, n_windows, workdir,
-                                     batch_max_messages=args.batch_max_messages,
-                                     batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
-                        for r in range(args.runs)]
                 pt = results["passthrough"][tkey]["faust_worker_consumer"]["points_per_s"]
                 stock = results["passthrough"][tkey]["faust_stock"]["points_per_s"]
                 raw = results["aiokafka"][tkey]["aiokafka"]["points_per_s"]
-                entry = _detector_entry(runs, pt)
+                by_form = {}
+                for form in forms:  # the first form is the table's; the others are compared with it
+                    runs = [run_detector(broker, model, topic, f"det-{mname}-{kind}-{form}-{r}", n_points, n_windows,
+                                         workdir, batch_max_messages=args.batch_max_messages,
+                                         batch_max_latency_ms=args.batch_max_latency_ms, score_records=form)
+                            for r in range(args.runs)]
+                    e = _detector_entry(runs, pt, results["calibration"], mres["flops_per_window"])
+                    pps = e["points_per_s"]
+                    e.update(score_records=form, ratio_to_stock_faust_passthrough=pps / stock, ratio_to_aiokafka=pps / raw)
+                    print(f"{mname} {kind} ({form} records): {pps:,.0f} points/s ({pps / pt:.0%} of pass-through, "
+                          f"{pps / raw:.1%} of aiokafka), {e['worker_cpu_us_per_point']:.1f} us CPU/point", flush=True)
+                    by_form[form] = e
+                entry = by_form[forms[0]]
                 pps = entry["points_per_s"]
-                entry.update(ratio_to_stock_faust_passthrough=pps / stock, ratio_to_aiokafka=pps / raw)
-                print(f"{mname} {kind}: {pps:,.0f} points/s ({pps / pt:.0%} of pass-through, {pps / raw:.1%} of aiokafka), "
-                      f"{entry['worker_cpu_us_per_point']:.1f} us CPU/point", flush=True)
+                entry["score_record_forms"] = {f: {k: v for k, v in e.items() if k != "score_record_forms"}
+                                               for f, e in by_form.items() if f != forms[0]}
                 if not args.no_latency:
                     live_batch = 1 if kind == "single" else args.live_batch
                     entry["latency"] = run_latency(broker, model, f"lat-{mname}-{kind}", list(card.channels),
-                                                   args.sources, pps / 2, live_batch, args.latency_seconds, workdir)
+                                                   args.sources, pps / 2, live_batch, args.latency_seconds, workdir,
+                                                   score_records=forms[0])
                     lat = entry["latency"]
                     if lat["p50"] is not None:
                         print(f"  latency at {pps / 2:,.0f} points/s: p50 {lat['p50']:.3f} s p95 {lat['p95']:.3f} s "
                               f"p99 {lat['p99']:.3f} s ({lat['windows']} windows)", flush=True)
                 mres["kinds"][kind] = entry
+                if args.profile and mname == args.models[0]:
+                    from . import profile
+
+                    raw = workdir / f"profile-{mname}-{kind}.txt"
+                    run_detector(broker, model, topic, f"prof-{mname}-{kind}", n_points, n_windows, workdir,
+                                 profile_to=raw, batch_max_messages=args.batch_max_messages,
+                                 batch_max_latency_ms=args.batch_max_latency_ms, score_records=forms[0])
+                    prof = profile.breakdown(profile.read_stacks(raw), entry["worker_cpu_us_per_point"])
+                    results.setdefault("profile", {"model": mname, "kinds": {}})["kinds"][kind] = prof
+                    print(f"profile {mname} {kind}: " + ", ".join(
+                        f"{st['stage']} {st['us_per_point']:.1f}" for st in prof["stages"][:6]) + " us/point", flush=True)
             results["models"][mname] = mres
         if args.stride_sweep and models:
             results["stride_sweep"] = stride_sweep(broker, models, cards, topics, results, args, workdir)
@@ -623,8 +659,55 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results["many_models"] = many_models(broker, args, workdir)
         if args.thresholds:
             results["thresholds"] = threshold_rows(broker, args, workdir)
+    results["calibration_end"] = calibration(1, "end")
     results["background_end"] = _background()
+    results["targets"] = targets(results)
     return results
+
+
+def calibration(rounds: int, when: str) -> dict[str, Any]:
+    """The machine's own speed, taken in this run (``bench inference``'s calibration: float32
+    GEMM on all cores and one, a fixed pure-Python loop), medians of ``rounds``: detector
+    figures are also reported as ratios to it, which move far less between machines than
+    points/s (the same command gave 3x different figures on two 2-core machines)."""
+    from .inference import calibrate
+
+    got = [calibrate(os.cpu_count() or 1, 0.3) for _ in range(max(rounds, 1))]
+    med = {k: float(statistics.median(g[k] for g in got)) for k in got[0]}
+    print(f"calibration ({when}): GEMM peak {med['gemm_peak_gflops']:.0f} GFLOP/s, one core "
+          f"{med['gemm_peak_1thread_gflops']:.0f}, Python loop {med['python_loop_ns_per_iteration']:.1f} ns/iteration",
+          flush=True)
+    return {**med, "rounds": got}
+
+
+# Issue 14's targets: (description, how to read it from the results, the bound).
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the sequence model that this run measured, with the figure and whether
+    it was met (medians of ``--runs``, all in this run, on this machine)."""
+    seq = res["models"].get("sequence")
+    if not seq:
+        return []
+    out = []
+
+    def add(name: str, value: float | None, bound: float, higher: bool = True, unit: str = "ratio") -> None:
+        if value is not None:
+            out.append({"target": name, "value": value, "bound": bound, "unit": unit,
+                        "met": value >= bound if higher else value <= bound})
+
+    kinds = seq["kinds"]
+    if "single" in kinds:
+        add("single-point messages: points/s vs pass-through", kinds["single"]["ratio_to_passthrough"], 0.8)
+    if "batch" in kinds:
+        add(f"batch messages at stride {seq['stride']}: points/s vs pass-through",
+            kinds["batch"]["ratio_to_passthrough"], 0.3)
+    for row in res.get("stride_sweep", []):
+        if row["model"] == "sequence" and row["stride"] == 32:
+            add("batch messages at stride 32: points/s vs pass-through", row["ratio_to_passthrough"], 0.8)
+    for kind, e in kinds.items():
+        lat = e.get("latency") or {}
+        if lat.get("p99") is not None:
+            add(f"{kind} messages: p99 latency at half load", lat["p99"] * 1e3, 250, higher=False, unit="ms")
+    return out
 
 
 def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict, args: argparse.Namespace,
@@ -640,7 +723,7 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
         n_windows = expected_windows(n_points // args.sources, args.sources, card.window, stride)
         runs = [run_detector(broker, models[mname], topic, f"stride-{mname}-{stride}-{r}", n_points, n_windows, workdir,
                              stride=stride, batch_max_messages=args.batch_max_messages,
-                             batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
+                             batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records[0])
                 for r in range(args.runs)]
         rows.append({"model": mname, "stride": stride, **_detector_entry(runs, pt)})
         print(f"{mname} batch, stride {stride}: {rows[-1]['points_per_s']:,.0f} points/s "
@@ -720,7 +803,7 @@ def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, An
             runs[key].append(run_detector(broker, model, topic, f"mm-{key}-{r}", n_points, n_windows, workdir,
                                           model_dir=None, model_repository=str(repo), routes=parse_routes(routes),
                                           batch_max_messages=args.batch_max_messages,
-                                          batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records))
+                                          batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records[0]))
     rows = {key: {"models": 1 if key == "one" else n, "sources": n, "points": n_points, "messages": n_msgs,
                   "stride": stride, "window": window, **_row_entry(v)} for key, v in runs.items()}
     ratio = rows["many"]["points_per_s"] / rows["one"]["points_per_s"]
@@ -786,7 +869,7 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
                                             published=published_per_source[m] * args.sources, end_at_settle=True,
                                             model_dir=None, model_repository=str(repo), routes=parse_routes([route]),
                                             batch_max_messages=args.batch_max_messages,
-                                            batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records))
+                                            batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records[0]))
         rows = {}
         for m in specs:
             rows[m] = {"points": n_points, "messages": n_msgs, "windows_scored": n_windows,
@@ -802,12 +885,21 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
     return res
 
 
-def _detector_entry(runs: list[dict], passthrough_points_per_s: float) -> dict[str, Any]:
-    """Medians of a detector's runs and its ratio to the pass-through agent on the same topic."""
+def _detector_entry(runs: list[dict], passthrough_points_per_s: float, cal: dict[str, Any] | None = None,
+                    flops_per_window: float | None = None) -> dict[str, Any]:
+    """Medians of a detector's runs, its ratio to the pass-through agent on the same topic and,
+    given the run's calibration, to the machine: the share of its GEMM peak that the windows
+    scored per second amount to, and the worker's CPU per point in iterations of the fixed
+    Python loop (both move less between machines than points/s do)."""
     pps = _median(runs, "points_per_s")
-    return {"points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
-            "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
-            "ratio_to_passthrough": pps / passthrough_points_per_s, "runs": runs}
+    e = {"points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
+         "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
+         "ratio_to_passthrough": pps / passthrough_points_per_s, "runs": runs}
+    if cal is not None:
+        e["cpu_per_point_in_python_loop_iterations"] = e["worker_cpu_us_per_point"] * 1e3 / cal["python_loop_ns_per_iteration"]
+        if flops_per_window:
+            e["ratio_to_gemm_peak"] = e["windows_per_s"] * flops_per_window / (cal["gemm_peak_gflops"] * 1e9)
+    return e
 
 
 def throughput_markdown(res: dict[str, Any]) -> str:
@@ -828,10 +920,35 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         f"{res['background_start']['loadavg']}; other benchmarks running: "
         f"{', '.join(res['background_start']['other_benchmarks']) or 'none'}.",
         "",
+    ]
+    cal = res.get("calibration")
+    if cal:
+        end = res.get("calibration_end", {})
+        lines += ["## The machine, measured in this run", "",
+                  "| calibration | start (median) | end |", "|---|---:|---:|"]
+        for key, label in (("gemm_peak_gflops", "float32 GEMM peak, all cores (GFLOP/s)"),
+                           ("gemm_peak_1thread_gflops", "float32 GEMM, one thread (GFLOP/s)"),
+                           ("python_loop_ns_per_iteration", "fixed pure-Python loop (ns/iteration)")):
+            lines.append(f"| {label} | {cal[key]:,.1f} | {end.get(key, float('nan')):,.1f} |")
+        lines += ["", "Every detector row is also given as a ratio to these and to the pass-through agent and raw "
+                  "aiokafka drain measured on the same topic in this run (section *References*): *GEMM share* = "
+                  "windows/s x FLOP/window / the GEMM peak; *CPU/point in loop iterations* = the worker's CPU per "
+                  "point / one iteration of the Python loop. Compare machines by these, not by points/s.", ""]
+    if res.get("targets"):
+        lines += ["## Targets (sequence model; medians of the runs, this machine, this run)", "",
+                  "| target | measured | bound | status |", "|---|---:|---:|---|"]
+        for t in res["targets"]:
+            fmt = (lambda v: f"{v:.2f}") if t["unit"] == "ratio" else (lambda v: f"{v:.0f} ms")
+            lines.append(f"| {t['target']} | {fmt(t['value'])} | {'>=' if t['unit'] == 'ratio' else '<='} "
+                         f"{fmt(t['bound'])} | {_met(t['met'])} |")
+        lines.append("")
+    lines += [
         "## The detector",
         "",
-        "| model | C | FLOP/window | stride | messages | points/s | windows/s | worker CPU us/point | vs pass-through | vs stock-Faust pass-through | vs aiokafka | p50 / p95 / p99 latency at half load (ms) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        f"Score records in the `{s['score_records'][0]}` form (`score_records: {s['score_records'][0]}`).",
+        "",
+        "| model | C | FLOP/window | stride | messages | points/s | windows/s | worker CPU us/point | vs pass-through | vs stock-Faust pass-through | vs aiokafka | GEMM share | CPU/point in loop iterations | p50 / p95 / p99 latency at half load (ms) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, m in res["models"].items():
         for kind, e in m["kinds"].items():
@@ -841,7 +958,21 @@ def throughput_markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {name} | {m['channels']} | {m['flops_per_window'] / 1e6:.1f} M | {m['stride']} | {kind} | "
                          f"{e['points_per_s']:,.0f} | {e['windows_per_s']:,.0f} | {e['worker_cpu_us_per_point']:.1f} | "
                          f"{e['ratio_to_passthrough']:.0%} | "
-                         f"{e['ratio_to_stock_faust_passthrough']:.0%} | {e['ratio_to_aiokafka']:.1%} | {lat_s} |")
+                         f"{e['ratio_to_stock_faust_passthrough']:.0%} | {e['ratio_to_aiokafka']:.1%} | "
+                         f"{_ratio(e.get('ratio_to_gemm_peak'), '.3f')} | "
+                         f"{_ratio(e.get('cpu_per_point_in_python_loop_iterations'), ',.0f')} | {lat_s} |")
+    forms = [(name, kind, f, fe) for name, m in res["models"].items() for kind, e in m["kinds"].items()
+             for f, fe in e.get("score_record_forms", {}).items()]
+    if forms:
+        lines += ["", "## Score records: one per window or one per source and step", "",
+                  "The same rows with `score_records: batch` (one columnar record per source and agent step, "
+                  "carrying all of that step's windows) against the table's form, same topics, same run.", "",
+                  "| model | messages | score records | points/s | worker CPU us/point | vs pass-through | vs the table's form |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for name, kind, f, fe in forms:
+            base = res["models"][name]["kinds"][kind]
+            lines.append(f"| {name} | {kind} | {f} | {fe['points_per_s']:,.0f} | {fe['worker_cpu_us_per_point']:.1f} | "
+                         f"{fe['ratio_to_passthrough']:.0%} | {fe['points_per_s'] / base['points_per_s']:.2f}x |")
     if res.get("stride_sweep"):
         lines += ["", "## Stride: latency traded for compute (batch messages)", "",
                   "| model | stride | points/s | windows/s | worker CPU us/point | vs pass-through |",
@@ -853,6 +984,12 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         lines += many_models_markdown(res["many_models"])
     if res.get("thresholds"):
         lines += thresholds_markdown(res["thresholds"])
+    if res.get("profile"):
+        from .profile import markdown as profile_markdown
+
+        lines += [""] + profile_markdown(res["profile"]["kinds"], (res.get("profile_before") or {}).get("kinds"))
+        if res.get("profile_before"):
+            lines += ["", f"*Before*: {res['profile_before']['source']}."]
     lines += ["", "## References on the same topics", "",
               "| messages | consumer | messages/s | points/s |", "|---|---|---:|---:|"]
     for kind in res["aiokafka"]:
@@ -865,6 +1002,10 @@ def throughput_markdown(res: dict[str, Any]) -> str:
               "the window's last point. With batch messages it includes the producer's own batching (a message "
               "carries the last few points of each source).", "", PROFILE_NOTES]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def _met(ok: bool) -> str:
@@ -938,7 +1079,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
             n_points = per_source * sources
             n_windows = expected_windows(per_source, sources, window, card.stride)
             run = run_detector(broker, model, topic, f"scale-{i}", n_points, n_windows, workdir,
-                               batch_max_messages=args.batch_max_messages, batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records)
+                               batch_max_messages=args.batch_max_messages, batch_max_latency_ms=args.batch_max_latency_ms, score_records=args.score_records[0])
             row = {"sources": sources, "window": window, "points_per_source": per_source, **{
                 k: run[k] for k in ("points", "points_per_s", "windows_per_s", "rss_bytes", "seconds")},
                 "window_buffer_bytes": window * (8 + 4 * 1), "background": run["background_after"]}
@@ -1018,8 +1159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch-max-messages", type=int, default=1000)
     p.add_argument("--batch-max-latency-ms", type=float, default=20.0)
-    p.add_argument("--score-records", choices=("window", "batch"), default="window",
-                   help="the worker's score_records: one record per window, or one per source and step")
+    p.add_argument("--score-records", default="window,batch",
+                   help="the worker's score_records forms to measure, comma-separated: one record per window "
+                        "(window), one per source and step (batch); the first is the main tables' form")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--live-batch", type=int, default=10, help="points per message in the batch-message latency run")
@@ -1040,6 +1182,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows per source at the card's stride in the threshold rows (default 2200)")
     p.add_argument("--threshold-params", default=None,
                    help='JSON: parameters per method, e.g. \'{"telemanom": {"batch_size": 10}}\' (default: none)')
+    p.add_argument("--profile", action="store_true",
+                   help="one extra, untimed run per message kind of the first model under py-spy: the CPU per point by stage")
+    p.add_argument("--profile-before", default=None,
+                   help="a throughput.json with an earlier profile, shown beside this run's (before / after a change)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny N, one run, short latency phase")
     return p
 
@@ -1056,6 +1202,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.scaling_sources = [int(x) for x in args.scaling_sources.split(",") if x]
     args.stride_sweep = [int(x) for x in args.stride_sweep.split(",") if x]
+    args.score_records = [f.strip() for f in args.score_records.split(",") if f.strip()]
+    if not args.score_records or any(f not in ("window", "batch") for f in args.score_records):
+        print("error: --score-records: a comma-separated list of window and batch", file=sys.stderr)
+        return 2
     from ..adaptive import METHODS
 
     args.thresholds = [m.strip() for m in args.thresholds.split(",") if m.strip()]
@@ -1119,7 +1269,17 @@ def main(argv: list[str] | None = None) -> int:
             (out / "scaling.md").write_text(scaling_markdown(res, png.name))
             print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'}, {png}")
         else:
+            before = None
+            if args.profile_before:
+                try:
+                    doc = json.loads(Path(args.profile_before).read_text())
+                    before = {**doc["profile"], "source": f"`{args.profile_before}` ({doc['created']})"}
+                except (OSError, ValueError, KeyError) as e:
+                    print(f"error: --profile-before {args.profile_before}: no profile there ({e})", file=sys.stderr)
+                    return 2
             res = benchmark(args)
+            if before is not None:
+                res["profile_before"] = before
             (out / "throughput.json").write_text(json.dumps(res, indent=1) + "\n")
             (out / "throughput.md").write_text(throughput_markdown(res))
             print(f"wrote {out / 'throughput.json'} and {out / 'throughput.md'}")
