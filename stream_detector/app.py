@@ -330,8 +330,7 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
     @app.agent(input_topic, name="detect")
     async def detect(stream):
         async for events in stream.take_events(cfg.batch_max_messages, within=cfg.batch_max_latency_ms / 1000.0):
-            messages = [InMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                                  e.message.offset) for e in events]
+            messages = [e.message for e in events]  # Faust's Message has every field of an InMessage
             # Faust acknowledges these events once this body returns, or if it raises, and then
             # commits them: a step must therefore not raise, only succeed, retry or dead-letter
             # (guarded_step), and must not be cut short by a stop (below).

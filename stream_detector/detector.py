@@ -60,7 +60,8 @@ STATIC_METHODS = ("quantile", "pot")
 
 @dataclass
 class InMessage:
-    """What the detector needs of a Kafka message."""
+    """What the detector needs of a Kafka message: any object with these attributes will do
+    (the worker passes Faust's own ``Message`` objects as they are)."""
 
     key: bytes | None
     value: bytes
