@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,17 +32,23 @@ SCRAPE = "the benchmark's /metrics polls (prometheus_client, HTTP server)"
 # detector's own methods run inside the agent, which runs inside Faust, inside asyncio.
 OWNER_STAGES: list[tuple[str, Any]] = [
     ("inference (ONNX Runtime)", lambda f: "onnxruntime" in f or "scoring.py" in f),
-    ("decode + window (Detector.ingest_parts)", lambda f: f.startswith("ingest_parts (")),
-    ("records + alerts (Detector.finish)", lambda f: f.startswith("finish (") and "detector.py" in f),
-    ("state records (Detector.states)", lambda f: f.startswith("states (") and "detector.py" in f),
+    ("decode + window (Detector.ingest_parts)", lambda f: _is(f, "ingest_parts", "detector.py")),
+    ("records + alerts (Detector.finish)", lambda f: _is(f, "finish", "detector.py")),
+    ("state records (Detector.states)", lambda f: _is(f, "states", "detector.py")),
     (SCRAPE, lambda f: "exposition.py" in f or "socketserver.py" in f or "wsgiref" in f),
     ("metrics (prometheus_client)", lambda f: "prometheus_client" in f),
     ("publish (aiokafka producer)", lambda f: "aiokafka/producer" in f or "aiokafka/record" in f),
     ("consume (aiokafka fetch, Faust consumer thread)",
      lambda f: "aiokafka/consumer" in f or "aiokafka/conn" in f or "faust/transport/drivers/aiokafka" in f
-     or "faust/transport/consumer" in f or "stream_detector/app.py" in f and "_deliver" in f),
-    ("agent step (app.py)", lambda f: "stream_detector/app.py" in f and f.split(" (")[0] in ("step", "guarded_step")),
+     or "faust/transport/consumer" in f or _is(f, "_deliver", "stream_detector/app.py")),
+    ("agent step (app.py)", lambda f: _is(f, "step", "stream_detector/app.py") or _is(f, "guarded_step", "stream_detector/app.py")),
 ]
+def _is(frame: str, func: str, path: str) -> bool:
+    """Whether ``frame`` (py-spy's ``Class.method (path:line)``, qualified name) is ``func`` in ``path``."""
+    name, _, where = frame.partition(" (")
+    return name.rsplit(".", 1)[-1] == func and path in where
+
+
 # otherwise by the leaf-most frame's package
 LEAF_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("Faust stream / channel / agent machinery", ("faust/", "mode/")),
@@ -50,11 +57,17 @@ LEAF_STAGES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+def executable() -> str | None:
+    """py-spy beside this interpreter (the venv's) or on PATH; None if neither."""
+    here = Path(sys.executable).with_name("py-spy")
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
 def record(pid: int, out: Path, rate: int = RATE_HZ) -> subprocess.Popen | None:
     """Start py-spy on ``pid`` (raw collapsed stacks to ``out``); None where py-spy is missing.
     ``--nonblocking``: the worker is not paused to be read, so it runs at its own speed."""
-    exe = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
-    if not Path(exe).exists():
+    exe = executable()
+    if exe is None:
         return None
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
                              "--rate", str(rate), "--nonblocking"],
@@ -74,6 +87,8 @@ def finish(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 def read_stacks(path: Path) -> Counter:
     """``frames (root first) -> samples`` from py-spy's raw format (``f1;f2;...;fn COUNT``)."""
     stacks: Counter = Counter()
+    if not path.exists():  # py-spy writes nothing when it took no sample (a run of a few ms)
+        return stacks
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():

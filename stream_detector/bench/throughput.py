@@ -77,7 +77,7 @@ DEFAULT_MODELS = ("sequence", "distance-plot", "distance-plot-mv")
 # format every series, Faust's per-partition ones included, 20 times a second, which the
 # profile showed as 13 % of its CPU with single-point messages; Prometheus scrapes every 15 s.
 POLLED = ("stream_detector_points_total", "stream_detector_windows_scored_total")
-REF_REPEAT = 10  # the batch-message references read this many times the detector's messages
+REF_REPEAT = 2  # the batch-message references read this many times the detector's messages
 SCALING_WINDOWS = (64, 128, 256)
 SCALING_SOURCES = (10, 100, 1000, 10000)
 
@@ -334,7 +334,10 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
                 t_settled = (last_poll + now) / 2
                 break
             last_poll = now
-            time.sleep(0.05)
+            # 20 polls a second until the first point (the start is the midpoint of the polls
+            # around it), then 4: the end is the last record's Kafka timestamp, and each poll
+            # costs the worker an HTTP request
+            time.sleep(0.05 if t_first is None else 0.25)
         rss = _rss_bytes(worker.proc.pid)
         cpu = _cpu_seconds(worker.proc.pid) - cpu0
         text = worker.scrape()
@@ -417,12 +420,14 @@ def _passthrough_main(argv: list[str]) -> int:
         async for events in stream.take_events(a.batch_max_messages, within=a.batch_max_latency_ms / 1000.0):
             now = time.time()
             if state["t0"] is None:
-                state["t0"] = now
+                state["t0"], state["cpu0"] = now, time.process_time()  # the process's CPU, every thread
             state["n"] += len(events)
             if state["n"] >= a.messages:
                 seconds = max(now - state["t0"], 1e-6)
+                cpu = time.process_time() - state["cpu0"]
                 Path(a.out).write_text(json.dumps({"messages": state["n"], "seconds": seconds,
                                                    "messages_per_s": state["n"] / seconds,
+                                                   "cpu_us_per_message": 1e6 * cpu / state["n"],
                                                    "consumer": "faust stock" if a.stock else "BatchDrainConsumer"}))
                 os._exit(0)
 
@@ -586,9 +591,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 topics[channels, kind] = (topic, len(msgs), (points // args.sources) * args.sources)
                 print(f"pre-loaded {len(msgs)} {kind} messages ({topics[channels, kind][2]} points, "
                       f"{len(channels)} channels) in {time.time() - t:.1f} s", flush=True)
-        # The references on the same messages.  A pass-through drains the batch-message topic in
-        # well under a second (0.4-1.1 s: three-fold differences between runs), so its runs read
-        # a topic of REF_REPEAT times as many messages of the same shape instead.
+        # The references on the same messages.  A pass-through drains the batch-message topic
+        # several times faster than the detector (0.4-1.1 s for 600,000 points, three-fold
+        # differences between runs), so its runs read a topic of REF_REPEAT times as many
+        # messages of the same shape instead.
         refs = {}
         for (channels, kind), (topic, n_msgs, n_points) in topics.items():
             if kind == "batch" and not args.quick:
@@ -611,6 +617,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for name, runs in ref.items():
                 mps = _median(runs, "messages_per_s")
                 entry = {"messages_per_s": mps, "points_per_s": mps * pts_per_msg, "runs": runs}
+                if all("cpu_us_per_message" in r for r in runs):
+                    entry["cpu_us_per_point"] = _median(runs, "cpu_us_per_message") / pts_per_msg
                 (results["aiokafka"] if name == "aiokafka" else results["passthrough"]).setdefault(tkey, {})[name] = entry
                 print(f"{tkey} {name}: {mps:,.0f} messages/s", flush=True)
         # the detector, per model
@@ -645,7 +653,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 entry["score_record_forms"] = {f: {k: v for k, v in e.items() if k != "score_record_forms"}
                                                for f, e in by_form.items() if f != forms[0]}
                 if not args.no_latency:
-                    live_batch = 1 if kind == "single" else args.live_batch
+                    # the message shape the maximum was measured with: half of it is then half load
+                    live_batch = 1 if kind == "single" else (args.live_batch or args.batch_points)
                     entry["latency"] = run_latency(broker, model, f"lat-{mname}-{kind}", list(card.channels),
                                                    args.sources, pps / 2, live_batch, args.latency_seconds, workdir,
                                                    score_records=forms[0])
@@ -1004,12 +1013,13 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         if res.get("profile_before"):
             lines += ["", f"*Before*: {res['profile_before']['source']}."]
     lines += ["", "## References on the same topics", "",
-              "| messages | consumer | messages/s | points/s |", "|---|---|---:|---:|"]
+              "| messages | consumer | messages/s | points/s | CPU us/point |", "|---|---|---:|---:|---:|"]
     for kind in res["aiokafka"]:
         for name, e in [("aiokafka getmany", res["aiokafka"][kind]["aiokafka"]),
                         ("Faust pass-through, stock consumer", res["passthrough"][kind]["faust_stock"]),
                         ("Faust pass-through, worker's BatchDrainConsumer", res["passthrough"][kind]["faust_worker_consumer"])]:
-            lines.append(f"| {kind} | {name} | {e['messages_per_s']:,.0f} | {e['points_per_s']:,.0f} |")
+            lines.append(f"| {kind} | {name} | {e['messages_per_s']:,.0f} | {e['points_per_s']:,.0f} | "
+                         f"{_ratio(e.get('cpu_us_per_point'), '.1f')} |")
     lines += ["", f"The batch-message references read a topic of {REF_REPEAT} times as many messages of the same shape "
               "(the detector's topic alone takes them under a second, too short to time).",
               "", "Latency: a live producer sends at half of the measured maximum points/s, each point stamped with "
@@ -1169,7 +1179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--sources", type=int, default=100)
     p.add_argument("--single-points", type=int, default=150_000, help="points sent as single-point messages")
-    p.add_argument("--batch-points-total", type=int, default=600_000, help="points sent as batch messages")
+    p.add_argument("--batch-points-total", type=int, default=3_000_000,
+                   help="points sent as batch messages (at 200,000 points/s a run takes 15 s)")
     p.add_argument("--batch-points", type=int, default=100, help="points per batch message")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch-max-messages", type=int, default=1000)
@@ -1179,7 +1190,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(window), one per source and step (batch); the first is the main tables' form")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--latency-seconds", type=float, default=10.0)
-    p.add_argument("--live-batch", type=int, default=10, help="points per message in the batch-message latency run")
+    p.add_argument("--live-batch", type=int, default=None,
+                   help="points per message in the batch-message latency run (default --batch-points, the shape "
+                        "the maximum was measured with)")
     p.add_argument("--stride-sweep", default="16,32,64",
                    help="strides at which the first model is run again with batch messages ('' to skip)")
     p.add_argument("--scaling", action="store_true", help="run the scaling sweep instead (scaling.json/.md/.png)")
