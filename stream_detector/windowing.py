@@ -26,10 +26,9 @@ windows the original would have.  A Faust table keyed by source can therefore ho
 
 from __future__ import annotations
 
-import math
-
 import base64
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -192,10 +191,10 @@ class SourceWindows:
         length 1, finite and of the right width): the single-point message's path, without the
         array conversions and checks the decoder has already made."""
         t = float(points.ts[0])
-        if self._last_ts is not None and t <= self._last_ts:
-            raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {self._last_ts!r}")
         if not math.isfinite(t):
             raise InvalidMessage("bad_value", "timestamps must be finite")
+        if self._last_ts is not None and t <= self._last_ts:
+            raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {self._last_ts!r}")
         return self._push_one(t, points.values[0])
 
     def _empty(self) -> WindowBatch:

@@ -211,6 +211,9 @@ def test_push_point_is_push_batch_for_one_point(max_gap):
     with pytest.raises(InvalidMessage) as e:
         a.push_point(Points("s", np.array([ts[-1]]), vals[:1]))
     assert e.value.reason == "ts_not_increasing" and a.state() == b.state()
-    with pytest.raises(InvalidMessage) as e:
-        a.push_point(Points("s", np.array([np.nan]), vals[:1]))
-    assert e.value.reason == "bad_value" and a.state() == b.state()
+    for bad in (np.nan, -np.inf):  # the reasons push_batch gives
+        with pytest.raises(InvalidMessage) as e:
+            a.push_point(Points("s", np.array([bad]), vals[:1]))
+        with pytest.raises(InvalidMessage) as e2:
+            b.push_batch(np.array([bad]), vals[:1])
+        assert e.value.reason == e2.value.reason == "bad_value" and a.state() == b.state()
