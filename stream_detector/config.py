@@ -101,6 +101,11 @@ class WorkerConfig:
     batch_max_windows: int = 64
     batch_max_latency_ms: float = 20.0
     batch_max_messages: int = 1000  # input messages taken per agent step (Faust take_events)
+    # ONNX Runtime intra-op threads per model session; 0 = its default (one per core).  One:
+    # the scorer runs beside the event loop, and on 2 cores one thread scored the production
+    # model faster than two non-spinning ones, at 18-21 instead of 29-37 us CPU a window
+    # (docs/benchmarks/inference.md).
+    inference_threads: int = 1
     # Alert episodes
     alert_release_ratio: float | None = None  # release level = ratio * threshold
     alert_release_threshold: float | None = None  # absolute release level
@@ -321,6 +326,7 @@ _PARSERS: dict[str, Parser] = {
     "batch_max_windows": _positive_int,
     "batch_max_latency_ms": _float(lambda x: x >= 0, "a number >= 0"),
     "batch_max_messages": _positive_int,
+    "inference_threads": _int(lambda x: x >= 0, "an integer >= 0 (0: one per core)"),
     "alert_release_ratio": _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
     "alert_release_threshold": _float(lambda x: True, "a number"),
     "alert_quiet_seconds": _float(lambda x: x >= 0, "a number >= 0"),

@@ -246,7 +246,8 @@ class Detector:
         self.batch_records = cfg.score_records == "batch"
         self.repository = repository or repository_from_config(cfg)
         self.routes = Routes(cfg.routes)
-        self._scorer_factory = scorer_factory or (lambda mv: Scorer(mv.path, spinning=False))
+        self._scorer_factory = scorer_factory or (
+            lambda mv: Scorer(mv.path, threads=cfg.inference_threads or None, spinning=False))
         self._load_state = load_state or (lambda source: None)
         self.served: dict[str, Served] = {}
         self.sources: dict[str, Source] = {}

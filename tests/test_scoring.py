@@ -50,3 +50,21 @@ def test_score_series_batches_equal_one_call(sequence_model):
     direct, direct_ch = scorer.score(sliding_windows(values, 16, 4))
     np.testing.assert_allclose(result["scores"], direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result["channel_scores"], direct_ch, rtol=1e-5, atol=1e-6)
+
+
+def test_worker_scorers_use_inference_threads(sequence_model):
+    """``inference_threads`` reaches the ONNX Runtime sessions the worker builds (default one,
+    0 for ONNX Runtime's own choice), and a negative value is a config error."""
+    from stream_detector.config import ConfigError, WorkerConfig, load_config
+    from stream_detector.detector import Detector
+
+    def threads(cfg):
+        det = Detector(cfg)
+        (served,) = det.served.values()
+        return served.scorer.session.get_session_options().intra_op_num_threads
+
+    assert threads(WorkerConfig(model_dir=str(sequence_model))) == 1
+    assert threads(WorkerConfig(model_dir=str(sequence_model), inference_threads=2)) == 2
+    assert threads(WorkerConfig(model_dir=str(sequence_model), inference_threads=0)) == 0  # ORT decides
+    with pytest.raises(ConfigError, match="inference_threads"):
+        load_config(env={"STREAM_DETECTOR_MODEL_DIR": str(sequence_model), "STREAM_DETECTOR_INFERENCE_THREADS": "-1"})

@@ -327,7 +327,9 @@ def bench_production(model_dir: Path, threads: int, batches: list[int], runs: in
     dirs = _production_dirs(model_dir, workdir)
     card = load_card(model_dir)
     flops = int(card.graph["flops_per_window"])
-    configs = {"1 thread": {"threads": 1}, "worker": {"spinning": False}}  # worker: as detector.py builds it
+    # "worker": how the worker built its scorer before inference_threads (ORT's default threads, no
+    # spinning); with inference_threads 0 it still does.  Its default (1) is the "1 thread" row.
+    configs = {"1 thread": {"threads": 1}, "worker": {"spinning": False}}
     scorers = {(form, cfg): Scorer(d, providers=["CPUExecutionProvider"], **kw)
                for form, d in dirs.items() for cfg, kw in configs.items()}
     if cuda:
@@ -377,8 +379,9 @@ def bench_production(model_dir: Path, threads: int, batches: list[int], runs: in
     model_dir = model_dir.resolve()
     return {"model": str(model_dir.relative_to(root)) if model_dir.is_relative_to(root) else str(model_dir),
             "window": card.window, "channels": len(card.channels), "flops_per_window": flops,
-            "configs": {"1 thread": "intra_op_num_threads 1", "worker": "Scorer(spinning=False), as detector.py builds "
-                        "it: ONNX Runtime's default intra-op threads (one per core), no spinning"},
+            "configs": {"1 thread": "intra_op_num_threads 1 (the worker's default, inference_threads: 1)",
+                        "worker": "Scorer(spinning=False): ONNX Runtime's default intra-op threads (one per core), no "
+                        "spinning, as the worker built its scorer before inference_threads (and does with 0)"},
             "runs": runs, "rounds": rounds, **summary, "target_ratio": TARGET_RATIO, "target": verdict,
             "target_met": bool(verdict) and all(v["met"] for v in verdict.values()),
             "profile": {form: profile_graph(d / "model.onnx", PROFILE_BATCH, profile_runs, workdir)
