@@ -161,13 +161,13 @@ class SourceWindows:
             raise ValueError(f"values must have shape ({n}, {self.n_channels}), got {values.shape}")
         if n == 0:
             return self._empty()
+        if n == 1:
+            return self._push_single(float(ts[0]), values[0])
         if not np.isfinite(ts).all():
             raise InvalidMessage("bad_value", "timestamps must be finite")
         # Validate everything before touching state, so a rejected push changes nothing.
         if self._last_ts is not None and ts[0] <= self._last_ts:
             raise InvalidMessage("ts_not_increasing", f"ts {ts[0]!r} <= the source's last ts {self._last_ts!r}")
-        if n == 1:
-            return self._push_one(float(ts[0]), values[0])
         dt = np.diff(ts)
         if not (dt > 0).all():
             i = int(np.flatnonzero(dt <= 0)[0])
@@ -190,12 +190,15 @@ class SourceWindows:
         """:meth:`push_batch` for one decoded point (:class:`~stream_detector.codec.Points` of
         length 1, finite and of the right width): the single-point message's path, without the
         array conversions and checks the decoder has already made."""
-        t = float(points.ts[0])
+        return self._push_single(float(points.ts[0]), points.values[0])
+
+    def _push_single(self, t: float, row: np.ndarray) -> WindowBatch:
+        """One point, checked (finite, after the source's last) before any state changes."""
         if not math.isfinite(t):
             raise InvalidMessage("bad_value", "timestamps must be finite")
         if self._last_ts is not None and t <= self._last_ts:
             raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {self._last_ts!r}")
-        return self._push_one(t, points.values[0])
+        return self._push_one(t, row)
 
     def _empty(self) -> WindowBatch:
         """No window (most single-point pushes): one shared, read-only instance per shape."""

@@ -11,6 +11,7 @@ point) and which functions lead the self-time.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -111,14 +112,15 @@ def stage_of(frames: tuple[str, ...]) -> str:
 
 
 def _short(frame: str) -> str:
-    """``func (…/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``."""
+    """``func (…/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``; the project's own files
+    from ``stream_detector/`` on."""
     func, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "lib/python3", "stream_detector/"):
-        if marker in path:
-            path = path.split(marker, 1)[1] if marker != "stream_detector/" else "stream_detector/" + path.split(marker, 1)[1]
-            break
-    return f"{func} ({path.split('/', 1)[1] if path.startswith('.') else path})"
+    if "stream_detector/" in path:
+        path = path[path.rindex("stream_detector/"):]
+    else:
+        path = re.sub(r"^.*(?:site-packages|lib/python3\.\d+)/", "", path)
+    return f"{func} ({path})"
 
 
 def breakdown(stacks: Counter, cpu_us_per_point: float, top: int = 15) -> dict[str, Any]:
