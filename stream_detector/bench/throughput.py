@@ -58,6 +58,7 @@ import msgpack
 import numpy as np
 
 from ..codec import score_windows
+from . import profile
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 T0 = 1.7e9
@@ -73,7 +74,7 @@ MODELS: dict[str, tuple[str, int, int, int]] = {
     "sequence-25": ("sequence", 64, CHANNELS_SMAP, 32),
 }
 DEFAULT_MODELS = ("sequence", "distance-plot", "distance-plot-mv")
-# The only series a timed run polls (every 50 ms): a full scrape made the worker collect and
+# The only series a timed run polls (20 then 4 times a second): a full scrape made the worker collect and
 # format every series, Faust's per-partition ones included, 20 times a second, which the
 # profile showed as 13 % of its CPU with single-point messages; Prometheus scrapes every 15 s.
 POLLED = ("stream_detector_points_total", "stream_detector_windows_scored_total")
@@ -306,8 +307,6 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     worker.start()
     spy = None
     if profile_to is not None:
-        from . import profile
-
         spy = profile.record(worker.proc.pid, profile_to)
         if spy is None:
             raise RuntimeError("--profile needs py-spy (pip install py-spy; `make install` brings it)")
@@ -344,8 +343,6 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     finally:
         worker.kill()  # a fresh consumer group per run: no clean shutdown needed
         if spy is not None:
-            from . import profile
-
             profile.finish(spy)
     if not done:
         raise RuntimeError(f"{tag}: the worker did not finish within {timeout:.0f} s:\n{worker.tail()}")
@@ -664,8 +661,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                               f"p99 {lat['p99']:.3f} s ({lat['windows']} windows)", flush=True)
                 mres["kinds"][kind] = entry
                 if args.profile and mname == args.models[0]:
-                    from . import profile
-
                     raw = workdir / f"profile-{mname}-{kind}.txt"
                     run_detector(broker, model, topic, f"prof-{mname}-{kind}", n_points, n_windows, workdir,
                                  profile_to=raw, batch_max_messages=args.batch_max_messages,
@@ -702,7 +697,6 @@ def calibration(rounds: int, when: str) -> dict[str, Any]:
     return {**med, "rounds": got}
 
 
-# Issue 14's targets: (description, how to read it from the results, the bound).
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the sequence model that this run measured, with the figure and whether
     it was met (medians of ``--runs``, all in this run, on this machine)."""
@@ -1007,9 +1001,7 @@ def throughput_markdown(res: dict[str, Any]) -> str:
     if res.get("thresholds"):
         lines += thresholds_markdown(res["thresholds"])
     if res.get("profile"):
-        from .profile import markdown as profile_markdown
-
-        lines += [""] + profile_markdown(res["profile"]["kinds"], (res.get("profile_before") or {}).get("kinds"))
+        lines += [""] + profile.markdown(res["profile"]["kinds"], (res.get("profile_before") or {}).get("kinds"))
         if res.get("profile_before"):
             lines += ["", f"*Before*: {res['profile_before']['source']}."]
     lines += ["", "## References on the same topics", "",
