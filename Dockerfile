@@ -4,7 +4,7 @@
 #   docker run --rm -v "$PWD/models/smap-demo/1:/models:ro" \
 #       -e STREAM_DETECTOR_BROKER=kafka://kafka:9092 -p 9108:9108 stream-detector:cpu
 #
-# Configuration is by STREAM_DETECTOR_* environment variables (stream_detector/config.py),
+# Configuration is by STREAM_DETECTOR_* environment variables (stream_detector/runtime/config.py),
 # or a YAML file: `docker run ... stream-detector:cpu --config /config/worker.yml`.
 # The model directory (model.onnx + model.json) is mounted at /models.
 # GPU: see Dockerfile.gpu.

@@ -43,8 +43,8 @@ def build_data(smap: Path, out: Path) -> None:
 
 
 def build_model(smap: Path, out: Path, seconds: float, iterations: int) -> None:
-    from stream_detector.fit import fit_series_model
-    from stream_detector.training import TrainConfig
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
 
     segments = [np.load(p)[:, :1].astype(np.float32) for p in sorted((smap / "train").glob("*.npy"))]
     segments = [s for s in segments if len(s) >= 400]
@@ -63,8 +63,8 @@ def copy_channel_models(bench_models: Path, root: Path, channels: list[str]) -> 
     import shutil
     from dataclasses import replace
 
-    from stream_detector.card import load_card, write_card
-    from stream_detector.fit import threshold_spec
+    from stream_detector.runtime.card import load_card, write_card
+    from stream_detector.training.fit import threshold_spec
 
     for chan in channels:
         src, dst = bench_models / chan, root / chan / "1"
@@ -81,8 +81,8 @@ def copy_channel_models(bench_models: Path, root: Path, channels: list[str]) -> 
 
 def build_channel_models(smap: Path, root: Path, channels: list[str]) -> None:
     from stream_detector.bench.telemanom import DEFAULT_CONFIG as C
-    from stream_detector.fit import fit_series_model
-    from stream_detector.training import TrainConfig
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
 
     cfg = TrainConfig(arch=C["arch"], width=C["width"], latent_dim=C["latent_dim"], iterations=C["iterations"],
                       encoder_iterations=C["encoder_iterations"], encoder_mode=C["encoder_mode"], kappa=C["kappa"],

@@ -37,9 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("training needs PyTorch: pip install 'stream-detector[train]'") from None
     from .data import load_series, require_rows
-    from .fit import fit_series_model
-    from .training import TrainConfig
-    from .transforms import plot_length
+    from .training.fit import fit_series_model
+    from .training.wgan import TrainConfig
+    from .training.transforms import plot_length
 
     series = load_series(args.data)
     require_rows(series, args.window)
@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- score
 def _score_file(model: str, data: str, stride: int | None, label_column: str | None = None):
     from .data import load_series, require_rows, select_channels
-    from .scoring import Scorer, point_scores, score_series
+    from .runtime.scoring import Scorer, point_scores, score_series
 
     scorer = Scorer(model)
     series = load_series(data, label_column=label_column)
@@ -112,8 +112,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_ranges
-    from .evaluation.metrics import evaluate_scores, mask_from_ranges, ranges_from_mask
-    from .evaluation import plots
+    from .training.evaluation import evaluate_scores, mask_from_ranges, ranges_from_mask
+    from .training import plots
 
     if not args.labels and not args.label_column:
         raise UserError("evaluate needs labels: --labels RANGES|FILE or --label-column NAME")
@@ -172,8 +172,8 @@ def _report_markdown(r: dict) -> str:
 
 # ---------------------------------------------------------------- streaming
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .worker import run_worker
+    from .runtime.config import load_config
+    from .runtime.worker import run_worker
 
     cfg = load_config(args.config)
     if args.model:
@@ -225,14 +225,14 @@ def replay_sources(paths: list[str], names: list[str] | None, channels: list[str
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .config import load_config
+    from .runtime.config import load_config
     from .replay import replay
 
     cfg = load_config(args.config)
     bootstrap = args.bootstrap.split(",") if args.bootstrap else cfg.bootstrap_servers
     channels = args.channels.split(",") if args.channels else None
     if args.model:
-        from .card import load_card
+        from .runtime.card import load_card
 
         channels = list(load_card(args.model).channels)
     if args.demo:

@@ -162,7 +162,7 @@ def load_ranges(spec: str, n_points: int | None = None, label_id: str | None = N
                     ranges += [tuple(r) for r in json.loads(row["anomaly_sequences"])]
         if not ranges:
             raise DataError(f"{path}: no rows for channel {label_id!r}")
-        from .evaluation.metrics import merge_ranges
+        from .training.evaluation import merge_ranges
 
         return merge_ranges(ranges)  # a channel listed twice (SMAP's P-2) has overlapping rows
     elif path.exists():

@@ -60,7 +60,7 @@ class SourceView:
 
 def published_windows(points: int, window: int, stride: int, spec: dict) -> int:
     """How many windows of a finite series of ``points`` get a decision (and a score record)."""
-    from .adaptive import make_threshold
+    from .runtime.thresholds import make_threshold
 
     n = max(0, (points - window) // stride + 1)
     return len(make_threshold(spec, stride).update(np.zeros(n))[0])
@@ -111,7 +111,7 @@ class Demo:
         return "\n".join(lines)
 
     def summary(self) -> tuple[str, dict]:
-        from .evaluation.metrics import event_f1, sum_event_counts
+        from .training.evaluation import event_f1, sum_event_counts
 
         lines, counts = ["", "Detected episodes against the labelled anomaly ranges (indices of each test split):"], []
         for s, v in self.view.items():
@@ -134,7 +134,7 @@ class Demo:
 async def _consume(bootstrap: str, topics: list[str], demo: Demo, stop: asyncio.Event) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    from .codec import decode_record
+    from .runtime.codec import decode_record
 
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
@@ -207,7 +207,7 @@ async def _run(demo: Demo, data, bootstrap: str, cfg, live: bool, budget: float)
 def demo_plan(repository: Path, sources: list[str]) -> tuple[list, dict[str, dict]]:
     """Routes (each source to the model of its own name, else the default) and, per source,
     what it will be served with."""
-    from .repository import ModelRepository, parse_routes
+    from .runtime.repository import ModelRepository, parse_routes
 
     served = ModelRepository(repository).scan()
     if DEFAULT_MODEL not in served:
@@ -228,8 +228,8 @@ def demo_plan(repository: Path, sources: list[str]) -> tuple[list, dict[str, dic
 def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: int = 9108, live: bool = True,
              repository: Path = MODEL_REPOSITORY) -> int:
     from .broker import EmbeddedBroker
-    from .config import WorkerConfig
-    from .worker import WorkerProcess, topic_plan
+    from .runtime.config import WorkerConfig
+    from .runtime.worker import WorkerProcess, topic_plan
 
     data = load_demo_data()
     routes, plan = demo_plan(repository, list(data))

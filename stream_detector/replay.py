@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codec import encode_points
+from .runtime.codec import encode_points
 from .data import Series
 
 

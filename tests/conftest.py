@@ -28,8 +28,8 @@ def synthetic_series(n: int = 1200, seed: int = 0) -> np.ndarray:
 
 def tiny_model(out: Path, transform: str = "sequence", window: int = 16, encoder_mode: str = "izi_f") -> dict:
     pytest.importorskip("torch")
-    from stream_detector.fit import fit_series_model
-    from stream_detector.training import TrainConfig
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
 
     cfg = TrainConfig(iterations=20, encoder_iterations=40, encoder_mode=encoder_mode, width=8, latent_dim=4, seed=1)
     return fit_series_model(synthetic_series(), ["a", "b", "c"], out, window=window, stride=4, transform=transform,

@@ -19,7 +19,7 @@ import time
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from stream_detector import detector as core
+from stream_detector.runtime import detector as core
 from stream_detector.cli import main
 
 _score, _states = core.Detector.score, core.Detector.states

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from stream_detector.broker import free_port
-from stream_detector.codec import decode_record, encode_points
-from stream_detector.config import WorkerConfig
-from stream_detector.worker import ensure_topics
+from stream_detector.runtime.codec import decode_record, encode_points
+from stream_detector.runtime.config import WorkerConfig
+from stream_detector.runtime.worker import ensure_topics
 
 T0 = 1.7e9
 DT = 0.1
@@ -151,7 +151,7 @@ def killed_mid_stream(broker, cfg: WorkerConfig, workdir: Path, messages, window
     worker started in its place; yields the restarted worker after the sender has finished."""
     import threading
 
-    from stream_detector.worker import WorkerProcess
+    from stream_detector.runtime.worker import WorkerProcess
 
     done = threading.Event()
 

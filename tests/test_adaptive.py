@@ -1,4 +1,4 @@
-"""Streaming threshold procedures (stream_detector.adaptive): chunking never changes a decision,
+"""Streaming threshold procedures (stream_detector.runtime.thresholds): chunking never changes a decision,
 a state survives msgpack and a restart, offline wrappers equal the batch implementations they
 replaced (copied below as references) up to the documented differences, specs are checked."""
 
@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream_detector import threshold as T
-from stream_detector.adaptive import DEFAULTS, LikelihoodThreshold, make_threshold
+from stream_detector.training import calibration as T
+from stream_detector.runtime.thresholds import DEFAULTS, LikelihoodThreshold, make_threshold
 from stream_detector.bench import nab
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stream_detector.alerting import EpisodeTracker
+from stream_detector.runtime.episodes import EpisodeTracker
 
 
 def feed(tracker, scores, channel=None, t0=100.0):

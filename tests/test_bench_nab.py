@@ -443,8 +443,8 @@ def nab_small(shared_data, tmp_path_factory) -> Path:
 def nab_small_models(nab_small, tmp_path_factory) -> Path:
     """Tiny per-file models in the layout of ``bench nab --models DIR`` (trained on the probation)."""
     pytest.importorskip("torch")
-    from stream_detector.fit import fit_series_model
-    from stream_detector.training import TrainConfig
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
 
     models = tmp_path_factory.mktemp("nab-small-models")
     cfg = TrainConfig(iterations=5, encoder_iterations=10, width=8, latent_dim=4, seed=0, max_seconds=10.0)

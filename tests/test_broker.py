@@ -117,8 +117,8 @@ def test_no_orphan_when_parent_is_killed(tmp_path):
 def test_ensure_topics_refuses_a_topic_with_another_partition_count():
     """The worker never changes an existing topic; one with the wrong partition count is a clear
     error naming the topic, both counts and the remedies, before anything is created."""
-    from stream_detector.config import WorkerConfig
-    from stream_detector.worker import ensure_topics
+    from stream_detector.runtime.config import WorkerConfig
+    from stream_detector.runtime.worker import ensure_topics
 
     names = dict(app_id="pm", topic_input="pm-in", topic_scores="pm-scores", topic_alerts="pm-alerts",
                  topic_dead_letters="pm-dead")

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream_detector.codec import (
+from stream_detector.runtime.codec import (
     REASONS,
     InvalidMessage,
     PointDecoder,

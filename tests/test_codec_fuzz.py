@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stream_detector.codec import REASONS, InvalidMessage, PointDecoder, Points, encode_points
+from stream_detector.runtime.codec import REASONS, InvalidMessage, PointDecoder, Points, encode_points
 
 SCALE = max(1, int(os.environ.get("CODEC_FUZZ_SCALE", "1")))
 BUDGET = {"valid": 3000, "invalid": 4000, "bytes": 2000, "imputation": 1000, "keys": 1000}

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import TINY_MODEL, synthetic_series
 
-from stream_detector.card import FORMAT_VERSION, ModelCard, load_card
-from stream_detector.scoring import Scorer, sliding_windows
+from stream_detector.runtime.card import FORMAT_VERSION, ModelCard, load_card
+from stream_detector.runtime.scoring import Scorer, sliding_windows
 
 
 def test_committed_model_is_a_small_model_directory():
@@ -62,7 +62,7 @@ def test_committed_model_scores_with_onnxruntime():
 def test_committed_model_scores_without_torch(tmp_path):
     """The worker's scoring path imports no PyTorch: with ``import torch`` failing it still scores."""
     (tmp_path / "torch.py").write_text("raise ModuleNotFoundError('No module named torch', name='torch')\n")
-    code = ("import numpy as np, sys; from stream_detector.scoring import Scorer; "
+    code = ("import numpy as np, sys; from stream_detector.runtime.scoring import Scorer; "
             f"s = Scorer({str(TINY_MODEL)!r}); print(s.score(np.zeros((2, 16, 3), np.float32))[0].shape); "
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from stream_detector.config import ConfigError, WorkerConfig, env_name, load_config
+from stream_detector.runtime.config import ConfigError, WorkerConfig, env_name, load_config
 from stream_detector.errors import UserError
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from stream_detector.evaluation import metrics as m
-from stream_detector.evaluation import plots
+from stream_detector.training import evaluation as m
+from stream_detector.training import plots
 
 
 def test_ranges_round_trip():

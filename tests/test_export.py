@@ -8,12 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stream_detector.card import load_card  # noqa: E402
+from stream_detector.runtime.card import load_card  # noqa: E402
 from stream_detector.errors import ModelLoadError  # noqa: E402
-from stream_detector.export import AnomalyScorer, export_onnx  # noqa: E402
-from stream_detector.nets import Critic, Encoder, Generator  # noqa: E402
-from stream_detector.scoring import Scorer  # noqa: E402
-from stream_detector.transforms import WindowTransform, fit_normalisation  # noqa: E402
+from stream_detector.training.export import AnomalyScorer, export_onnx  # noqa: E402
+from stream_detector.training.nets import Critic, Encoder, Generator  # noqa: E402
+from stream_detector.runtime.scoring import Scorer  # noqa: E402
+from stream_detector.training.transforms import WindowTransform, fit_normalisation  # noqa: E402
 
 from conftest import synthetic_series, tiny_model  # noqa: E402
 

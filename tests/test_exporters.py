@@ -5,7 +5,7 @@
   where it does not, and every recording rule is asserted somewhere.
 - Every PromQL expression (rules, dashboard panels, annotations, variables) parses
   (promtool) and names only metrics the worker exports: those registered by
-  ``stream_detector.metrics``, the Faust sensor metrics listed in ``FAUST_METRICS_USED``,
+  ``stream_detector.runtime.metrics``, the Faust sensor metrics listed in ``FAUST_METRICS_USED``,
   ``up``, ``ALERTS`` and the project's own recorded series.
 - The Faust series in ``FAUST_METRICS_USED`` are scraped from a real worker's ``/metrics``
   (embedded broker), with end and committed offsets that agree once everything is consumed.
@@ -44,7 +44,7 @@ COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 JOB = "stream-detector"
 
 #: Faust sensor metrics (faust/sensors/prometheus.py, FaustMetrics.create) that the rules and
-#: the dashboard rely on, under the namespace stream_detector/app.py gives the sensor.
+#: the dashboard rely on, under the namespace stream_detector/runtime/app.py gives the sensor.
 #: Both are gauges labelled (topic, partition); their difference is the consumer lag.
 FAUST_NAMESPACE = "stream_detector_faust"
 FAUST_METRICS_USED = {
@@ -127,8 +127,8 @@ def test_alerts_are_routable_and_documented():
 
 # ---------------------------------------------------------------- metric names
 def _exported_by_worker() -> set[str]:
-    """Sample names of the metrics stream_detector.metrics registers, as /metrics shows them."""
-    import stream_detector.metrics  # noqa: F401  (registers the metrics on the default registry)
+    """Sample names of the metrics stream_detector.runtime.metrics registers, as /metrics shows them."""
+    import stream_detector.runtime.metrics  # noqa: F401  (registers the metrics on the default registry)
     from prometheus_client import REGISTRY
 
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"],
@@ -138,7 +138,7 @@ def _exported_by_worker() -> set[str]:
     for family in REGISTRY.collect():
         if family.name.startswith("stream_detector_") and not family.name.startswith(FAUST_NAMESPACE + "_"):
             names.update(family.name + s for s in suffixes[family.type])
-    assert names, "stream_detector.metrics registered no stream_detector_* metric"
+    assert names, "stream_detector.runtime.metrics registered no stream_detector_* metric"
     return names
 
 
@@ -166,7 +166,7 @@ def test_faust_metrics_relied_on_are_scraped_from_a_running_worker(sequence_mode
     from streaming_helpers import point_messages, send, wait_until, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.worker import WorkerProcess
+    from stream_detector.runtime.worker import WorkerProcess
 
     def samples(text: str, name: str) -> dict[str, float]:
         """``{partition: value}`` of ``name`` for the worker's input topic."""
@@ -378,7 +378,7 @@ def test_dockerfile_shape(name):
 
 # ---------------------------------------------------------------- compose
 def test_compose_file_is_consistent():
-    from stream_detector.config import load_config
+    from stream_detector.runtime.config import load_config
 
     compose = _load(COMPOSE)
     services = compose["services"]
@@ -400,7 +400,7 @@ def test_compose_file_is_consistent():
     assert cfg.metrics_host == "0.0.0.0" and cfg.model_dir == "/models"
     assert any(v.endswith(":/models:ro") for v in worker["volumes"])
 
-    from stream_detector.app import STATE_TABLE
+    from stream_detector.runtime.app import STATE_TABLE
 
     init = "".join(services["topic-init"]["command"])
     wanted = [cfg.topic_input, cfg.topic_scores, cfg.topic_alerts, cfg.topic_dead_letters,

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from stream_detector import metrics
+from stream_detector.runtime import metrics
 
 
 def get(server, path):

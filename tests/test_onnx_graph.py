@@ -1,4 +1,4 @@
-"""The fast form of sequence conv graphs (``stream_detector/onnx_graph.py``): the same scores as
+"""The fast form of sequence conv graphs (``stream_detector/training/onnx_graph.py``): the same scores as
 the plain export, for the committed tiny model, freshly exported models of several shapes and
 the bundled models; a graph that computes something else is refused; and it is faster."""
 
@@ -15,8 +15,8 @@ import pytest
 
 from conftest import TINY_MODEL, synthetic_series
 
-from stream_detector.card import load_card, sha256_file
-from stream_detector.scoring import Scorer, sliding_windows
+from stream_detector.runtime.card import load_card, sha256_file
+from stream_detector.runtime.scoring import Scorer, sliding_windows
 
 onnx = pytest.importorskip("onnx")  # the rewrite needs it (train extra); the worker does not
 
@@ -118,7 +118,7 @@ def test_fast_form_is_faster_than_the_plain_graph(tmp_path):
     pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from stream_detector.export import export_onnx, scorer_from_model_dir
+    from stream_detector.training.export import export_onnx, scorer_from_model_dir
 
     bundled = ROOT / "models" / "smap-demo" / "1"
     export_onnx(scorer_from_model_dir(bundled), 64, 1, tmp_path / "plain.onnx", optimise=False)
@@ -145,9 +145,9 @@ def test_fast_form_is_faster_than_the_plain_graph(tmp_path):
                                                           (64, 25, 32, 50), (8, 2, 8, 4)])
 def test_export_writes_the_fast_form_with_the_plain_scores(tmp_path, window, channels, width, latent):
     torch = pytest.importorskip("torch")
-    from stream_detector.export import AnomalyScorer, export_onnx
-    from stream_detector.nets import Critic, Encoder, Generator
-    from stream_detector.transforms import WindowTransform, fit_normalisation
+    from stream_detector.training.export import AnomalyScorer, export_onnx
+    from stream_detector.training.nets import Critic, Encoder, Generator
+    from stream_detector.training.transforms import WindowTransform, fit_normalisation
 
     torch.manual_seed(window + channels)
     values = np.random.default_rng(channels).normal(0, 1, (400, channels)).cumsum(axis=0).astype(np.float32)
@@ -189,11 +189,11 @@ def test_export_writes_the_fast_form_with_the_plain_scores(tmp_path, window, cha
 
 @pytest.mark.parametrize("model_dir", BUNDLED, ids=[p.parent.name for p in BUNDLED])
 def test_bundled_models_are_fast_and_score_as_their_plain_export(tmp_path, model_dir):
-    """The committed models were rewritten by ``python -m stream_detector.onnx_graph models/*/1``;
+    """The committed models were rewritten by ``python -m stream_detector.training.onnx_graph models/*/1``;
     their plain export, rebuilt from the same weights, gives the same scores on the demo's SMAP
     telemetry and the same decisions against the card's threshold."""
     pytest.importorskip("torch")
-    from stream_detector.export import export_onnx, scorer_from_model_dir
+    from stream_detector.training.export import export_onnx, scorer_from_model_dir
 
     card = load_card(model_dir)
     assert card.graph["form"] == onnx_graph.FORM and len(card.graph["plain_onnx_sha256"]) == 64

@@ -18,8 +18,8 @@ from prometheus_server import PrometheusServer, prometheus_binary  # noqa: E402
 from streaming_helpers import expected_starts, metric, point_messages, send, wait_until, worker_config  # noqa: E402
 
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
-from stream_detector.scoring import Scorer, sliding_windows  # noqa: E402
-from stream_detector.worker import WorkerProcess  # noqa: E402
+from stream_detector.runtime.scoring import Scorer, sliding_windows  # noqa: E402
+from stream_detector.runtime.worker import WorkerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RULES = Path(__file__).resolve().parents[1] / "exporters" / "prometheus"

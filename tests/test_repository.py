@@ -1,6 +1,6 @@
 """The model repository (Triton layout), routes, and the Faust-free multi-model core.
 
-No broker here: :class:`~stream_detector.detector.Detector` is driven directly, as the Faust
+No broker here: :class:`~stream_detector.runtime.detector.Detector` is driven directly, as the Faust
 agent drives it (the embedded-broker tests are in ``test_serving.py``).
 """
 
@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pytest
 
-from stream_detector import metrics
-from stream_detector.codec import InvalidMessage, decode_record, encode_points
-from stream_detector.config import ConfigError, WorkerConfig, load_config
-from stream_detector.detector import Detector, InMessage
+from stream_detector.runtime import metrics
+from stream_detector.runtime.codec import InvalidMessage, decode_record, encode_points
+from stream_detector.runtime.config import ConfigError, WorkerConfig, load_config
+from stream_detector.runtime.detector import Detector, InMessage
 from stream_detector.errors import UserError
-from stream_detector.repository import ModelRepository, Routes, parse_routes
-from stream_detector.scoring import Scorer, score_series
+from stream_detector.runtime.repository import ModelRepository, Routes, parse_routes
+from stream_detector.runtime.scoring import Scorer, score_series
 
 
 def lay_out(repo, model_dir, name: str, version: int):
@@ -278,7 +278,7 @@ def test_state_from_before_model_repositories_keeps_its_window_buffer(sequence_m
     model served: the source's buffer and offset carry over an upgrade."""
     import msgpack
 
-    from stream_detector.windowing import SourceWindows, channels_fingerprint
+    from stream_detector.runtime.windowing import SourceWindows, channels_fingerprint
 
     det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0))
     chans = det.served["tiny"].channels

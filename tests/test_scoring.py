@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stream_detector.scoring import Scorer, point_scores, score_series, sliding_windows, window_starts
+from stream_detector.runtime.scoring import Scorer, point_scores, score_series, sliding_windows, window_starts
 
 
 def test_window_starts_and_views_agree():
@@ -55,8 +55,8 @@ def test_score_series_batches_equal_one_call(sequence_model):
 def test_worker_scorers_use_inference_threads(sequence_model):
     """``inference_threads`` reaches the ONNX Runtime sessions the worker builds (default one,
     0 for ONNX Runtime's own choice), and a negative value is a config error."""
-    from stream_detector.config import ConfigError, WorkerConfig, load_config
-    from stream_detector.detector import Detector
+    from stream_detector.runtime.config import ConfigError, WorkerConfig, load_config
+    from stream_detector.runtime.detector import Detector
 
     def threads(cfg):
         det = Detector(cfg)

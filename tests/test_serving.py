@@ -18,11 +18,11 @@ from conftest import synthetic_series  # noqa: E402
 from streaming_helpers import (expected_starts, killed_mid_stream, metric, point_messages, wait_until,  # noqa: E402
                                read_records, send, worker_config)
 
-from stream_detector.adaptive import make_threshold  # noqa: E402
+from stream_detector.runtime.thresholds import make_threshold  # noqa: E402
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
-from stream_detector.detector import Detector, InMessage  # noqa: E402
-from stream_detector.repository import parse_routes  # noqa: E402
-from stream_detector.worker import WorkerProcess  # noqa: E402
+from stream_detector.runtime.detector import Detector, InMessage  # noqa: E402
+from stream_detector.runtime.repository import parse_routes  # noqa: E402
+from stream_detector.runtime.worker import WorkerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WINDOW, STRIDE = 16, 4  # the tiny model's card

@@ -27,9 +27,9 @@ from streaming_helpers import (expected_starts, killed_mid_stream, metric, point
                                read_records, send, wait_until, worker_config, write_csv)
 
 from stream_detector.broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_detector.codec import encode_points  # noqa: E402
-from stream_detector.detector import Detector, InMessage  # noqa: E402
-from stream_detector.worker import WorkerProcess, ensure_topics  # noqa: E402
+from stream_detector.runtime.codec import encode_points  # noqa: E402
+from stream_detector.runtime.detector import Detector, InMessage  # noqa: E402
+from stream_detector.runtime.worker import WorkerProcess, ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WINDOW, STRIDE = 16, 4  # the tiny model's card (tests/data/tiny-sequence, the sequence_model fixture)

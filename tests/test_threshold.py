@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stream_detector.threshold import (dynamic_threshold_flags, ewma, ewma_adjusted, hysteresis_flags,
+from stream_detector.training.calibration import (dynamic_threshold_flags, ewma, ewma_adjusted, hysteresis_flags,
                                        pot_threshold, quantile_threshold, telemanom_epsilon_z, telemanom_flags,
                                        telemanom_prune)
 

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stream_detector.training import TrainConfig, encoder_loss, train  # noqa: E402
+from stream_detector.training.wgan import TrainConfig, encoder_loss, train  # noqa: E402
 
 
 def data(n=256):

@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stream_detector.transforms import WindowTransform, fit_normalisation  # noqa: E402
+from stream_detector.training.transforms import WindowTransform, fit_normalisation  # noqa: E402
 
 
 @pytest.fixture

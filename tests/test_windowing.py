@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream_detector.codec import InvalidMessage
-from stream_detector.windowing import SourceWindows, WindowBatch, WindowRouter
+from stream_detector.runtime.codec import InvalidMessage
+from stream_detector.runtime.windowing import SourceWindows, WindowBatch, WindowRouter
 
 
 def stream(n, c=3, seed=0, dt=1.0):
@@ -196,7 +196,7 @@ def test_router_persists_through_a_table_and_drops_incompatible_state():
 def test_push_point_is_push_batch_for_one_point(max_gap):
     """The single-point path the worker takes for a decoded single-point message gives the same
     windows and the same state as push_batch, gaps and rejections included."""
-    from stream_detector.codec import Points
+    from stream_detector.runtime.codec import Points
 
     rng = np.random.default_rng(3)
     ts = np.cumsum(rng.choice([1.0, 1.0, 1.0, 5.0], 200))

@@ -7,7 +7,7 @@ The JSON is committed so that Grafana's file provisioning (provisioning/dashboar
 can load it without Python; tests/test_exporters.py checks that it equals what this
 script generates and that every query names only metrics the worker exports.
 
-Panels query the worker's own metrics (stream_detector/metrics.py), Faust's sensor
+Panels query the worker's own metrics (stream_detector/runtime/metrics.py), Faust's sensor
 (stream_detector_faust_*), ``up`` and Prometheus' ``ALERTS`` series.  Variables: the
 Prometheus data source, the scrape job(s) and the source(s) with per-source gauges.
 

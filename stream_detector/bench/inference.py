@@ -5,7 +5,7 @@ calibration figures taken in the same run (medians of ``--runs`` rounds, at leas
 
 * **The production model** (``models/smap-demo/1``, the sequence model the worker serves) in
   its two forms: *plain* (PyTorch's export of its weights, what every sequence model was
-  before) and *fast* (:mod:`stream_detector.onnx_graph`, the committed file), at the batch
+  before) and *fast* (:mod:`stream_detector.training.onnx_graph`, the committed file), at the batch
   sizes the worker uses (``batch_max_windows`` is 64; a busy worker calls with 8 to 64), with
   one intra-op thread and as the worker builds its scorer (ONNX Runtime's default thread count,
   spinning off).  Windows/s, µs per window, GFLOP/s of the model's own FLOPs, and the ratio to
@@ -72,9 +72,9 @@ def build_scorer(transform: str, window: int, channels: int, plot_size: int, wid
     """The torch ``AnomalyScorer`` (random weights, eval mode) with its (width, latent)."""
     import torch
 
-    from ..export import AnomalyScorer
-    from ..nets import Critic, Encoder, Generator, default_sizes
-    from ..transforms import WindowTransform
+    from ..training.export import AnomalyScorer
+    from ..training.nets import Critic, Encoder, Generator, default_sizes
+    from ..training.transforms import WindowTransform
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -207,9 +207,9 @@ def _production_dirs(model_dir: Path, workdir: Path) -> dict[str, Path]:
     plain one exported by PyTorch from the same weights, its card stamped with its hash)."""
     import json
 
-    from ..card import load_card, sha256_file
-    from ..export import export_onnx, scorer_from_model_dir
-    from ..onnx_graph import optimise_model_dir
+    from ..runtime.card import load_card, sha256_file
+    from ..training.export import export_onnx, scorer_from_model_dir
+    from ..training.onnx_graph import optimise_model_dir
 
     card = load_card(model_dir)
     dirs = {"plain": workdir / "plain", "fast": workdir / "fast"}
@@ -321,8 +321,8 @@ def bench_production(model_dir: Path, threads: int, batches: list[int], runs: in
                      workdir: Path, cuda: bool, profile_runs: int) -> dict[str, Any]:
     """Before (plain) and after (fast) on the production model, ``runs`` rounds, each with its
     own calibration; every figure is kept per round and summarised by its median."""
-    from ..card import load_card
-    from ..scoring import Scorer
+    from ..runtime.card import load_card
+    from ..runtime.scoring import Scorer
 
     dirs = _production_dirs(model_dir, workdir)
     card = load_card(model_dir)
@@ -438,8 +438,8 @@ def bench_spec(name: str, threads: int, batch_sizes: list[int], seconds: float, 
     import onnxruntime as ort
     import torch
 
-    from ..export import export_onnx
-    from ..nets import count_flops
+    from ..training.export import export_onnx
+    from ..training.nets import count_flops
 
     transform, window, channels, plot, width, note = SPECS[name]
     scorer, width, latent, shape = build_scorer(transform, window, channels, plot, width)

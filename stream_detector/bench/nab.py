@@ -140,7 +140,7 @@ def anomaly_likelihood(raw: np.ndarray, learning_period: int = 288, estimation_s
     an infinite raw score is missing for its ``averaging_window`` moving averages only (the
     cumulative sum made every later moving average NaN).
     """
-    from ..adaptive import LikelihoodThreshold
+    from ..runtime.thresholds import LikelihoodThreshold
 
     proc = LikelihoodThreshold(learning_period=learning_period, estimation_samples=estimation_samples,
                                historic_window=historic_window, reestimation_period=reestimation_period,
@@ -182,9 +182,9 @@ def run_file(task: dict) -> dict:
     """Train on the probationary part of one file and score every point online."""
     import torch
 
-    from ..fit import fit_series_model
-    from ..scoring import Scorer, point_scores, score_series
-    from ..training import TrainConfig
+    from ..training.fit import fit_series_model
+    from ..runtime.scoring import Scorer, point_scores, score_series
+    from ..training.wgan import TrainConfig
     from .nab_scorer import probationary_length
 
     torch.set_num_threads(task["threads"])
@@ -486,7 +486,7 @@ def windows_to_points(n_points: int, end_idx: np.ndarray, values: np.ndarray, be
     """Per-point values from per-window ones as the offline runner maps window scores (a point takes
     the latest window ending at or before it); points before the first window get ``before``
     (the likelihood the offline procedure gives them: their raw score is NaN)."""
-    from ..scoring import point_scores
+    from ..runtime.scoring import point_scores
 
     end_idx = np.asarray(end_idx, dtype=np.int64)
     out = point_scores(n_points, end_idx, 1, np.asarray(values, dtype=np.float64))
@@ -513,9 +513,9 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     worker's, and the offline procedure counted in windows as the worker counts) are scored by
     the same in-memory NAB scoring with the threshold optimised per profile over the files.
     """
-    from ..card import load_card
+    from ..runtime.card import load_card
     from ..errors import UserError
-    from ..scoring import Scorer, point_scores, score_series
+    from ..runtime.scoring import Scorer, point_scores, score_series
     from .nab_scorer import probationary_length, score_arrays
     from .machine import cpu_model
     from .via_worker import run_via_worker, write_report

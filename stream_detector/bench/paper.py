@@ -1,8 +1,8 @@
 """The MNIST and UCI HAR protocols of Haloui et al., "Anomaly detection with Wasserstein GAN".
 
 One class is the anomaly, the others are normal.  A WGAN-GP with an encoder is trained on
-normal data only (:func:`stream_detector.training.train`) and every test sample is scored
-with :func:`stream_detector.export.anomaly_scores`, the function the exported ONNX graph
+normal data only (:func:`stream_detector.training.wgan.train`) and every test sample is scored
+with :func:`stream_detector.training.export.anomaly_scores`, the function the exported ONNX graph
 runs; AUPRC (anomaly = positive class) and ROC-AUC are reported beside the paper's figures.
 
 Protocols (both seeded by one integer, the same seed for the splits and the networks):
@@ -23,7 +23,7 @@ pool*, with the next normal class as a pseudo-anomaly (:func:`protocol_split`).
 
 One configuration per benchmark (per transform for HAR), the same for every class
 (:data:`MNIST_CONFIG`, :data:`HAR_CONFIG`).  Training is bounded by wall clock
-(``max_seconds`` per model, 75 % of it for the GAN, as :func:`~stream_detector.training.train`
+(``max_seconds`` per model, 75 % of it for the GAN, as :func:`~stream_detector.training.wgan.train`
 splits it), not by a step count, so the steps done depend on the machine and its load;
 each result records them.
 
@@ -88,9 +88,9 @@ HAR_CONFIG["distance-plot-mv"] = HAR_CONFIG["distance-plot"]
 def metric_functions():
     """``(auprc, roc_auc, name)``: the package's metrics when present, else scikit-learn's."""
     try:
-        from ..evaluation.metrics import auprc, roc_auc
+        from ..training.evaluation import auprc, roc_auc
 
-        return auprc, roc_auc, "stream_detector.evaluation.metrics"
+        return auprc, roc_auc, "stream_detector.training.evaluation"
     except ImportError:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -190,7 +190,7 @@ def _score_graph(encoder, generator, critic, kappa: float):
     """encoder + generator + critic trunk as one module running :func:`anomaly_scores`, for :func:`count_flops`."""
     from torch import nn
 
-    from ..export import anomaly_scores
+    from ..training.export import anomaly_scores
 
     class ScoreGraph(nn.Module):
         def __init__(self):
@@ -206,7 +206,7 @@ def _score_graph(encoder, generator, critic, kappa: float):
 def _score(x, nets, batch: int = 1024) -> np.ndarray:
     import torch
 
-    from ..export import anomaly_scores
+    from ..training.export import anomaly_scores
 
     with torch.no_grad():
         return torch.cat([anomaly_scores(x[i:i + batch], nets.encoder, nets.generator, nets.critic,
@@ -215,8 +215,8 @@ def _score(x, nets, batch: int = 1024) -> np.ndarray:
 
 def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, flops_example=None) -> dict:
     """Train on ``x_train`` (transformed), score ``x_test``, return metrics and costs."""
-    from ..nets import count_flops
-    from ..training import config_dict, train
+    from ..training.nets import count_flops
+    from ..training.wgan import config_dict, train
 
     auprc, roc_auc, _ = metric_functions()
     started = time.monotonic()
@@ -258,7 +258,7 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
 def _mnist_task(task: dict) -> dict:
     import torch
 
-    from ..training import TrainConfig
+    from ..training.wgan import TrainConfig
 
     x, y = load_mnist(task["pool"], task["root"])
     keep = subsample_per_class(y, task["limit"], task["seed"])
@@ -278,9 +278,9 @@ def _mnist_task(task: dict) -> dict:
 def _har_task(task: dict) -> dict:
     import torch
 
-    from ..export import AnomalyScorer
-    from ..training import TrainConfig
-    from ..transforms import WindowTransform, fit_normalisation
+    from ..training.export import AnomalyScorer
+    from ..training.wgan import TrainConfig
+    from ..training.transforms import WindowTransform, fit_normalisation
 
     path = har_path(task["root"])
     _require(path)
@@ -350,7 +350,7 @@ def _run_all(tasks: list[dict], jobs: int, progress: bool) -> list[dict]:
 
 
 def _config(base: dict, overrides: dict, seed: int, max_seconds: float | None) -> dict:
-    from ..training import TrainConfig, config_dict
+    from ..training.wgan import TrainConfig, config_dict
 
     cfg = {**base, **{k: v for k, v in overrides.items() if v is not None}, "seed": seed, "max_seconds": max_seconds}
     return config_dict(TrainConfig(**cfg))

@@ -1,6 +1,6 @@
 """Long runs and overload of the real worker: ``stream-detector bench soak`` and ``bench overload``.
 
-Both runners put the real worker (:class:`~stream_detector.worker.WorkerProcess`, a child
+Both runners put the real worker (:class:`~stream_detector.runtime.worker.WorkerProcess`, a child
 process running Faust) on the embedded broker under a live fleet of sources, and write
 JSON, Markdown and a PNG to ``docs/benchmarks/`` (``soak.*``, ``overload.*``).
 
@@ -81,7 +81,7 @@ PRODUCTION_TIMINGS = dict(broker_session_timeout_seconds=None, broker_heartbeat_
 # ----------------------------------------------------------------------------- the live fleet
 class BatchEncoder:
     """Batch messages ``{"ts": [...], "values": {channel: [...]}}`` for many messages at once,
-    byte for byte what :func:`stream_detector.codec.encode_points` writes (msgpack float64
+    byte for byte what :func:`stream_detector.runtime.codec.encode_points` writes (msgpack float64
     everywhere), built with numpy instead of one ``packb`` call per message."""
 
     def __init__(self, channels: list[str], batch: int):
@@ -361,7 +361,7 @@ async def _read_windows(bootstrap: str, topic: str, index: dict[bytes, int], exp
     then ``settle`` seconds more for duplicates."""
     from aiokafka import AIOKafkaConsumer
 
-    from ..codec import decode_record
+    from ..runtime.codec import decode_record
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
@@ -509,8 +509,8 @@ def measure_max(broker, model: Path, card, args: argparse.Namespace, workdir: Pa
 
 def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
-    from ..card import load_card
-    from ..worker import WorkerProcess
+    from ..runtime.card import load_card
+    from ..runtime.worker import WorkerProcess
 
     workdir = Path(args.workdir)
     model = Path(args.model)
@@ -750,7 +750,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 def _worker_setting(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` for the worker config, validated as the ``STREAM_DETECTOR_KEY`` variable would be."""
-    from ..config import env_name, load_config
+    from ..runtime.config import env_name, load_config
 
     key, sep, value = text.partition("=")
     if not sep:
@@ -813,7 +813,7 @@ def main(argv: list[str] | None = None, mode: str = "soak") -> int:
     args = build_parser(mode).parse_args(argv)
     args.command = shlex.join(["stream-detector", "bench", mode, *argv])
     args.worker_settings = dict(args.worker_settings)
-    from ..card import load_card
+    from ..runtime.card import load_card
     from ..errors import UserError
 
     try:

@@ -17,7 +17,7 @@ release level, the 95 % quantile), and
 * ``telemanom``: the procedure as telemanom's reference implementation runs it (windows of 30
   batches of 70 points, smoothing span 105, error buffer 100, at most 5 sequences per epsilon,
   pruning with p = 0.13 against the largest unflagged error, inverted errors too), see
-  ``stream_detector.threshold.telemanom_flags``.
+  ``stream_detector.training.calibration.telemanom_flags``.
 
 Per channel the raw scores are kept (``<models>/<chan>/scores.npz``: test scores, held-out
 calibration scores, the card's threshold and release level, timings), and ``--rescore DIR``
@@ -72,7 +72,7 @@ def _columns(spec: str, n: int) -> list[int]:
 
 
 def _event_report(labels: np.ndarray, flagged: np.ndarray, merge_gap: int) -> dict:
-    from ..evaluation.metrics import event_counts, merge_ranges, point_adjusted_f1, ranges_from_mask
+    from ..training.evaluation import event_counts, merge_ranges, point_adjusted_f1, ranges_from_mask
 
     predicted = merge_ranges(ranges_from_mask(flagged), merge_gap)
     counts = event_counts(ranges_from_mask(labels), predicted)
@@ -84,9 +84,9 @@ def run_channel(task: dict) -> dict:
     """Train, score and evaluate one channel (runs in a worker process)."""
     import torch
 
-    from ..fit import fit_series_model
-    from ..scoring import Scorer, point_scores, score_series
-    from ..training import TrainConfig
+    from ..training.fit import fit_series_model
+    from ..runtime.scoring import Scorer, point_scores, score_series
+    from ..training.wgan import TrainConfig
 
     torch.set_num_threads(task["threads"])
     c, d, chan = task["config"], Path(task["data"]), task["channel"]
@@ -125,7 +125,7 @@ def run_channel(task: dict) -> dict:
 def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
     """Thresholds and event counts for one channel from its saved raw scores (no training):
     shared by a full run and by ``--rescore``."""
-    from ..evaluation.metrics import auprc, roc_auc
+    from ..training.evaluation import auprc, roc_auc
 
     scores = np.asarray(saved["test_scores"], dtype=np.float64)
     ranges, labels = _labels(data, chan, len(scores))
@@ -143,7 +143,7 @@ def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
 
 def _labels(data: Path, chan: str, n: int) -> tuple[list, np.ndarray]:
     from ..data import load_ranges
-    from ..evaluation.metrics import mask_from_ranges
+    from ..training.evaluation import mask_from_ranges
 
     ranges = load_ranges(str(Path(data) / "labeled_anomalies.csv"), n, chan)
     return ranges, mask_from_ranges(ranges, n)
@@ -151,7 +151,7 @@ def _labels(data: Path, chan: str, n: int) -> tuple[list, np.ndarray]:
 
 def method_flags(saved: dict, c: dict, methods: tuple[str, ...] = METHODS) -> tuple[dict, dict]:
     """``(static thresholds, per-point flags per method)`` from a channel's saved raw scores."""
-    from ..threshold import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
+    from ..training.calibration import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
 
     scores = np.asarray(saved["test_scores"], dtype=np.float64)
     calib = np.asarray(saved["calibration_scores"], dtype=np.float64)
@@ -185,7 +185,7 @@ def rescore_channel(task: dict) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    from ..evaluation.metrics import f1_from_counts
+    from ..training.evaluation import f1_from_counts
 
     total = {}
     for m in METHODS:
@@ -223,7 +223,7 @@ def markdown(result: dict) -> str:
               f"## Per channel (event counts for the `{best}` threshold, the best total here)", "",
               "| channel | points | labelled | tp | fp | fn | F1 | AUPRC | ROC-AUC | train s | score s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    from ..evaluation.metrics import f1_from_counts
+    from ..training.evaluation import f1_from_counts
 
     for r in result["channels"]:
         e = r["methods"][best]
@@ -239,7 +239,7 @@ def markdown(result: dict) -> str:
 
 
 def _plots(result: dict, data: Path, models: Path, out: Path) -> list[str]:
-    from ..evaluation.plots import plot_score_timeline
+    from ..training.plots import plot_score_timeline
 
     rows = [r for r in result["channels"] if r["auprc"] is not None]
     if not rows:
@@ -399,7 +399,7 @@ def compare_channel(chan: str, offline: np.ndarray, worker: np.ndarray, undecide
 
 
 def _totals(reports: list[dict]) -> dict:
-    from ..evaluation.metrics import f1_from_counts
+    from ..training.evaluation import f1_from_counts
 
     counts = {k: sum(r[k] for r in reports) for k in ("tp", "fp", "fn")}
     return {**f1_from_counts(counts),
@@ -408,7 +408,7 @@ def _totals(reports: list[dict]) -> dict:
 
 def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[str]) -> int:
     """``--via-worker``: the test splits through the real worker vs the offline thresholds."""
-    from ..card import load_card
+    from ..runtime.card import load_card
     from ..errors import UserError
     from .via_worker import run_via_worker, write_report
 

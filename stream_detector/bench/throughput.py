@@ -10,7 +10,7 @@ What one run does (everything on this machine, nothing mocked):
    and once as batch messages (``--batch-points`` points each), interleaved across sources
    the way a fleet sends them.
 3. For every model and message kind, ``--runs`` times: starts the real worker
-   (:class:`~stream_detector.worker.WorkerProcess`, a child process running Faust) in a
+   (:class:`~stream_detector.runtime.worker.WorkerProcess`, a child process running Faust) in a
    fresh consumer group, and times it from the first point processed (``/metrics`` polled
    every 50 ms) to the publication of the last score (the score record's Kafka timestamp).
    On the same topic it times a pass-through Faust agent (same settings, same
@@ -57,7 +57,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..codec import score_windows
+from ..runtime.codec import score_windows
 from . import profile
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
@@ -135,8 +135,8 @@ def ensure_model(root: Path, name: str, transform: str, window: int, channels: i
     out = root / name
     if (out / "model.json").exists() and (out / "model.onnx").exists():
         return out
-    from ..fit import fit_series_model
-    from ..training import TrainConfig
+    from ..training.fit import fit_series_model
+    from ..training.wgan import TrainConfig
 
     cfg = TrainConfig(iterations=iterations, encoder_iterations=iterations, seed=0)
     fit_series_model(fleet_series(max(20 * window, 2000), channels, seed=1), channel_names(channels), out,
@@ -272,8 +272,8 @@ def read_scores(bootstrap: str, topic: str, expected: int, timeout: float = 60.0
 
 def _config(broker, model: Path, name: str, **overrides):
     from ..broker import free_port
-    from ..config import WorkerConfig
-    from ..worker import ensure_topics
+    from ..runtime.config import WorkerConfig
+    from ..runtime.worker import ensure_topics
 
     settings = dict(broker=broker.url, model_dir=str(model), app_id=f"bench-{name}", topic_input=f"{name}-in",
                     topic_scores=f"{name}-scores", topic_alerts=f"{name}-alerts", topic_dead_letters=f"{name}-dead",
@@ -297,7 +297,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     ``end_at_settle`` the run ends at the later of the last publication and the poll that saw
     every window scored (midpoint of the polls around it), so that rows whose last windows are
     never published are timed to the same end as the static row."""
-    from ..worker import WorkerProcess
+    from ..runtime.worker import WorkerProcess
 
     published = n_windows if published is None else published
 
@@ -403,8 +403,8 @@ def _passthrough_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     import faust
 
-    from ..app import DetectorApp, faust_settings
-    from ..config import WorkerConfig
+    from ..runtime.app import DetectorApp, faust_settings
+    from ..runtime.config import WorkerConfig
 
     cfg = WorkerConfig(broker=a.broker, app_id=a.app_id, topic_input=a.topic, broker_session_timeout_seconds=6,
                        broker_heartbeat_interval_seconds=1, broker_rebalance_timeout_seconds=3)
@@ -520,7 +520,7 @@ async def _live(bootstrap: str, topic: str, channels: list[str], sources: int, p
 def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int, points_per_s: float, batch: int,
                 seconds: float, workdir: Path, **overrides) -> dict[str, Any]:
     """The worker at a given load (live producer); end-to-end latency percentiles in seconds."""
-    from ..worker import WorkerProcess
+    from ..runtime.worker import WorkerProcess
 
     cfg = _config(broker, model, tag, **overrides)
     before = _background()
@@ -554,7 +554,7 @@ def _median(runs: list[dict], key: str) -> float:
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
-    from ..card import load_card
+    from ..runtime.card import load_card
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -796,8 +796,8 @@ def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, An
     one model serving every source (a one-model repository, one catch-all route), same run,
     same points, same stride (the card's).  Each model version has its own ONNX Runtime session
     in the worker: the worker's RSS shows the memory cost."""
-    from ..card import load_card
-    from ..repository import parse_routes
+    from ..runtime.card import load_card
+    from ..runtime.repository import parse_routes
 
     n = args.many_models_count
     model = bench_model(workdir / "models", "sequence")
@@ -850,9 +850,9 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
     The runner waits for every window to be *scored*; it expects only the *decided* ones on
     the score topic, and every row ends when the last window was scored (or the last record
     published, if later)."""
-    from ..adaptive import make_threshold
-    from ..card import load_card
-    from ..repository import parse_routes
+    from ..runtime.thresholds import make_threshold
+    from ..runtime.card import load_card
+    from ..runtime.repository import parse_routes
 
     model = bench_model(workdir / "models", "sequence")
     card = load_card(model)
@@ -1075,7 +1075,7 @@ def thresholds_markdown(th: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- scaling
 def scaling(args: argparse.Namespace) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
-    from ..card import load_card
+    from ..runtime.card import load_card
 
     workdir = Path(args.workdir)
     models_dir = workdir / "models"
@@ -1227,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.score_records or any(f not in ("window", "batch") for f in args.score_records):
         print("error: --score-records: a comma-separated list of window and batch", file=sys.stderr)
         return 2
-    from ..adaptive import METHODS
+    from ..runtime.thresholds import METHODS
 
     args.thresholds = [m.strip() for m in args.thresholds.split(",") if m.strip()]
     bad = [m for m in args.thresholds if m != "static" and m not in METHODS]
@@ -1269,7 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = threshold_spec(m, args.threshold_params)
             if spec is not None:
                 try:
-                    from ..adaptive import make_threshold
+                    from ..runtime.thresholds import make_threshold
 
                     make_threshold({"value": 1.0, **spec})
                 except ValueError as e:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..card import ModelCard
+from ..runtime.card import ModelCard
 
 __all__ = ["SourceResult", "WorkerRun", "expected_published", "run_via_worker", "window_flags_to_points"]
 
@@ -81,7 +81,7 @@ def expected_published(spec: Mapping, stride: int, n_windows: int) -> int:
     stream (asked of the procedure itself, fed ``n_windows`` zeros)."""
     if spec["method"] in STATIC_METHODS or n_windows == 0:
         return n_windows
-    from ..adaptive import make_threshold
+    from ..runtime.thresholds import make_threshold
 
     flags, _ = make_threshold(dict(spec), stride).update(np.zeros(n_windows))
     return len(flags)
@@ -121,7 +121,7 @@ class SourceResult:
 
     def all_window_ends(self) -> np.ndarray:
         """Point index of the last point of every complete window of the series."""
-        from ..scoring import window_starts
+        from ..runtime.scoring import window_starts
 
         return window_starts(self.n_points, self.window, self.stride) + self.window - 1
 
@@ -225,7 +225,7 @@ def _layout_repository(root: Path, models: Mapping[str, str | Path]) -> Path:
 def _messages(series: Mapping[str, np.ndarray], channels: Mapping[str, list[str]], batch_points: int, t0: float,
               dt: float) -> list[tuple[bytes, bytes]]:
     """Batch messages of every source, interleaved batch by batch."""
-    from ..codec import encode_points
+    from ..runtime.codec import encode_points
 
     out = []
     longest = max((len(v) for v in series.values()), default=0)
@@ -247,7 +247,7 @@ async def _exchange(bootstrap: str, topic_in: str, topic_scores: str, topic_aler
     seconds, and whether it gave up before every expected record came."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from ..codec import decode_record
+    from ..runtime.codec import decode_record
 
     consumer = AIOKafkaConsumer(topic_scores, topic_alerts, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
@@ -357,11 +357,11 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
     started and stopped here).  ``worker_settings``: extra :class:`WorkerConfig` keys.
     """
     from ..broker import EmbeddedBroker, free_port
-    from ..card import load_card
-    from ..config import WorkerConfig
-    from ..repository import parse_routes
-    from ..scoring import window_starts
-    from ..worker import WorkerProcess, ensure_topics
+    from ..runtime.card import load_card
+    from ..runtime.config import WorkerConfig
+    from ..runtime.repository import parse_routes
+    from ..runtime.scoring import window_starts
+    from ..runtime.worker import WorkerProcess, ensure_topics
 
     if set(models) != set(series):
         raise ValueError(f"models and series name different sources: {sorted(set(models) ^ set(series))}")

@@ -1,7 +1,7 @@
 """Rebuild the committed tiny model ``tests/data/tiny-sequence/`` (model.onnx + model.json).
 
 It is the model the ``tiny_model`` helper of ``tests/conftest.py`` trains (the project's own
-training and export code, ``stream_detector.fit.fit_series_model``, at a tiny size: widths 8,
+training and export code, ``stream_detector.training.fit.fit_series_model``, at a tiny size: widths 8,
 latent 4, 20 WGAN-GP steps, 40 encoder steps, seed 1) on ``synthetic_series()``, channels
 a, b, c, window 16, stride 4.  Needs the ``train`` extra (PyTorch, onnx).  See README.md.
 

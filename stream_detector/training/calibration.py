@@ -140,7 +140,7 @@ def dynamic_threshold_flags(scores: np.ndarray, history: int = 2000, step: int =
     final partial step with the final history (a stream cannot revise decisions it has
     already made), and (b) an infinite score is treated as missing instead of making the EWMA
     infinite for the rest of the series."""
-    from .adaptive import DynamicThreshold
+    from ..runtime.thresholds import DynamicThreshold
 
     proc = DynamicThreshold(history=history, step=step, smoothing_span=smoothing_span, min_decrease=min_decrease,
                             min_history=min_history, z_range=z_range)
@@ -280,7 +280,7 @@ def telemanom_flags(scores: np.ndarray, batch_size: int = 70, window_size: int =
 
     A series shorter than ``N`` (never one decision) runs exactly the old short-series logic
     (fewer batches per window; ``l_s`` or nothing ignored below 2500 or 1800 points)."""
-    from .adaptive import TelemanomThreshold
+    from ..runtime.thresholds import TelemanomThreshold
 
     proc = TelemanomThreshold(batch_size=batch_size, window_size=window_size, smoothing_perc=smoothing_perc,
                               error_buffer=error_buffer, p=p, l_s=l_s, sd_lim=sd_lim, inverse=inverse)

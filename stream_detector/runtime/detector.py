@@ -1,6 +1,6 @@
 """The worker's core, independent of Faust: many models, their sources, windows, thresholds, alerts.
 
-:class:`Detector` hosts every servable model of a :class:`~stream_detector.repository.ModelRepository`
+:class:`Detector` hosts every servable model of a :class:`~stream_detector.runtime.repository.ModelRepository`
 and the state of every source.  The Faust agent (``app.py``) only decodes Kafka messages into
 :class:`InMessage`, calls the three steps below and publishes what comes back:
 
@@ -45,8 +45,8 @@ import msgpack
 import numpy as np
 
 from . import metrics
-from .adaptive import AdaptiveThreshold, make_threshold
-from .alerting import EpisodeTracker
+from .thresholds import AdaptiveThreshold, make_threshold
+from .episodes import EpisodeTracker
 from .codec import InvalidMessage, PointDecoder, dead_letter_record, encode_record
 from .config import WorkerConfig
 from .repository import ModelRepository, ModelVersion, Route, Routes
@@ -710,7 +710,7 @@ class Detector:
         """River-style: one source's points in, ``(score records, alert events)`` out, as dicts.
 
         ``values`` maps channel names to sequences as long as ``ts`` (the batch message form).
-        Invalid input raises :class:`~stream_detector.codec.InvalidMessage`.
+        Invalid input raises :class:`~stream_detector.runtime.codec.InvalidMessage`.
         """
         from .codec import encode_points
 

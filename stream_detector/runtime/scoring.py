@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .card import load_card
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -224,7 +224,7 @@ class TelemanomThreshold(AdaptiveThreshold):
 
     def _window(self, e: np.ndarray, allowed: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, float]:
         """One iteration of the offline loop: the new flags inside ``allowed`` and the threshold."""
-        from .threshold import _telemanom_side, telemanom_epsilon_z
+        from ..training.calibration import _telemanom_side, telemanom_epsilon_z
 
         prm = self.params
         eb, p, sd_lim = prm["error_buffer"], prm["p"], prm["sd_lim"]
@@ -395,7 +395,7 @@ class DynamicThreshold(AdaptiveThreshold):
 
     def _decide(self, k: int, out_f: list, out_t: list) -> None:
         """Decide the newest ``k`` positions with the last ``history`` smoothed values."""
-        from .threshold import _best_epsilon, _prune
+        from ..training.calibration import _best_epsilon, _prune
 
         self._merge()
         e = self.e

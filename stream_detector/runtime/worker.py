@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import WorkerConfig
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_worker(cfg: WorkerConfig, loglevel: str | None = None) -> None:
 
     from .app import create_app
     from .detector import Detector
-    from .logs import quiet_repeats
+    from ..logs import quiet_repeats
 
     detector = Detector(cfg)
     asyncio.run(ensure_topics(cfg))

@@ -19,7 +19,7 @@ channel's list with one ``numpy`` call: no per-point Python loop.
 >>> dec.decode(b"src-1", b'{"ts": 1.0, "values": {"a": 1.0}}')
 Traceback (most recent call last):
 ...
-stream_detector.codec.InvalidMessage: missing_channel: channel 'b' is missing
+stream_detector.runtime.codec.InvalidMessage: missing_channel: channel 'b' is missing
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "name", "version", "channels", "window", "stride", "transform",
@@ -76,7 +76,7 @@ class ModelCard:
         if not isinstance(thr, dict) or not all(isinstance(thr.get(k), (int, float)) and math.isfinite(thr[k])
                                                 for k in ("value", "release")):
             raise ModelLoadError(f"{where}: threshold must hold finite 'value' and 'release'")
-        from .adaptive import make_threshold
+        from .thresholds import make_threshold
 
         try:
             make_threshold({"method": "quantile", **thr}, d["stride"])

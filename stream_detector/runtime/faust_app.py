@@ -1,4 +1,4 @@
-"""Entry point for ``faust -A stream_detector.faust_app worker``.
+"""Entry point for ``faust -A stream_detector.runtime.faust_app worker``.
 
 Configuration comes from the file named by ``STREAM_DETECTOR_CONFIG`` and from
 ``STREAM_DETECTOR_*`` environment variables, as for ``stream-detector worker``.

@@ -30,7 +30,7 @@ the results agree with the plain graph to float32 rounding (relative differences
 key ``stream_detector.graph_form`` names the form (``plain`` when absent).
 
 Needs the ``onnx`` package (the ``train`` extra); the worker only runs the result.
-``python -m stream_detector.onnx_graph MODEL_DIR...`` rewrites existing model directories in
+``python -m stream_detector.training.onnx_graph MODEL_DIR...`` rewrites existing model directories in
 place (their cards get the new SHA-256; thresholds are kept: the scores are the same).
 """
 
@@ -358,7 +358,7 @@ def optimise_model_dir(model_dir: Path | str) -> str:
     (the scores are the same).  Returns what happened, in words."""
     import json
 
-    from .card import load_card, sha256_file
+    from ..runtime.card import load_card, sha256_file
 
     model_dir = Path(model_dir)
     card = load_card(model_dir)  # also checks that model.onnx is the graph the card belongs to
@@ -382,7 +382,7 @@ def optimise_model_dir(model_dir: Path | str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream_detector.onnx_graph",
+    p = argparse.ArgumentParser(prog="python -m stream_detector.training.onnx_graph",
                                 description="Rewrite model directories' sequence conv graphs in the fast form "
                                             "(same outputs; the card's SHA-256 is updated).")
     p.add_argument("model_dirs", nargs="+")

@@ -1,12 +1,12 @@
 """The Faust application: topics, the per-source state table and the detection agent.
 
-``create_app(cfg)`` builds everything from a :class:`~stream_detector.config.WorkerConfig`
+``create_app(cfg)`` builds everything from a :class:`~stream_detector.runtime.config.WorkerConfig`
 in one place.  Run it with ``stream-detector worker --config FILE`` or the Faust way,
-``faust -A stream_detector.faust_app worker`` (configuration from ``STREAM_DETECTOR_CONFIG``
+``faust -A stream_detector.runtime.faust_app worker`` (configuration from ``STREAM_DETECTOR_CONFIG``
 and ``STREAM_DETECTOR_*`` variables).
 
 The models come from a model repository (``model_repository``, or ``model_dir`` for one),
-routed per source; :class:`~stream_detector.detector.Detector` is the Faust-free core that
+routed per source; :class:`~stream_detector.runtime.detector.Detector` is the Faust-free core that
 hosts them, and a timer re-scans the repository every ``model_poll_seconds``.
 
 Delivery: the agent takes up to ``batch_max_messages`` messages or waits

@@ -187,7 +187,7 @@ class SourceWindows:
         return WindowBatch(*(np.concatenate(x) for x in zip(*parts)))
 
     def push_point(self, points) -> WindowBatch:
-        """:meth:`push_batch` for one decoded point (:class:`~stream_detector.codec.Points` of
+        """:meth:`push_batch` for one decoded point (:class:`~stream_detector.runtime.codec.Points` of
         length 1, finite and of the right width): the single-point message's path, without the
         array conversions and checks the decoder has already made."""
         return self._push_single(float(points.ts[0]), points.values[0])

@@ -3,7 +3,7 @@
 **Repository** (NVIDIA Triton's layout): ``DIR/<name>/<version>/model.onnx`` + ``model.json``,
 versions being positive integers.  For each name the worker serves the *highest complete*
 version: both files present, a card that validates and an ONNX file whose SHA-256 matches
-the card (:func:`~stream_detector.card.load_card`).  A version directory that fails is
+the card (:func:`~stream_detector.runtime.card.load_card`).  A version directory that fails is
 *refused*: logged once and counted in ``stream_detector_model_versions_refused_total``, and the
 next lower good version keeps serving; it is checked again only when one of its files changes
 (a version still being copied in is refused, then picked up on a later poll once complete).
@@ -32,7 +32,7 @@ from typing import Any
 
 from . import metrics
 from .card import load_card
-from .errors import ModelLoadError, UserError
+from ..errors import ModelLoadError, UserError
 
 log = logging.getLogger(__name__)
 

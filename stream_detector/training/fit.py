@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .card import ModelCard, write_card
-from .errors import DataError
+from .. import __version__
+from ..runtime.card import ModelCard, write_card
+from ..errors import DataError
 from .export import AnomalyScorer, export_onnx
 from .nets import count_flops
-from .scoring import sliding_windows
-from .threshold import pot_threshold, quantile_threshold
-from .training import TrainConfig, config_dict, train
+from ..runtime.scoring import sliding_windows
+from .calibration import pot_threshold, quantile_threshold
+from .wgan import TrainConfig, config_dict, train
 from .transforms import WindowTransform, fit_normalisation
 
 
@@ -80,8 +80,8 @@ def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.99
 
     ``pot`` replaces ``value`` by the extreme-value level fitted on the same scores; the adaptive
     methods (``telemanom``, ``dynamic``, ``likelihood``) set their level from each source's own
-    stream and record their parameters (defaults from :mod:`stream_detector.adaptive`)."""
-    from .adaptive import DEFAULTS, make_threshold
+    stream and record their parameters (defaults from :mod:`stream_detector.runtime.thresholds`)."""
+    from ..runtime.thresholds import DEFAULTS, make_threshold
 
     spec = quantile_threshold(calib_scores, quantile, release_quantile)
     if method not in ("quantile", "pot", *DEFAULTS):
@@ -159,7 +159,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         libraries=library_versions(),
     )
     card = write_card(out_dir, card)
-    from .evaluation.plots import plot_training_curves
+    from .plots import plot_training_curves
 
     plot_training_curves(nets.history, out_dir / "training_curves.png")
     return card

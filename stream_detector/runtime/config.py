@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["ConfigError", "WorkerConfig", "load_config", "ENV_PREFIX", "CONFIG_PATH_ENV", "env_name"]
 
@@ -275,7 +275,7 @@ def _path(v: Any, from_env: bool) -> str:
 
 
 def _routes(v: Any, from_env: bool) -> list:
-    """Routes as parsed :class:`~stream_detector.repository.Route` objects (JSON text from the environment)."""
+    """Routes as parsed :class:`~stream_detector.runtime.repository.Route` objects (JSON text from the environment)."""
     from .repository import parse_routes
 
     if from_env and isinstance(v, str):

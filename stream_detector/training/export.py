@@ -62,7 +62,7 @@ def scorer_from_model_dir(model_dir: Path | str) -> AnomalyScorer:
     import onnx
 
     from . import onnx_graph
-    from .card import load_card
+    from ..runtime.card import load_card
     from .nets import default_sizes
 
     card = load_card(model_dir)

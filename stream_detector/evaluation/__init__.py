@@ -1,1 +1,0 @@
-"""Detection-quality metrics and report plots (shared by ``evaluate`` and the benchmarks)."""
