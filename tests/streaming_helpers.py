@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from stream_detector.broker import free_port
-from stream_detector.runtime.codec import decode_record, encode_points
+from stream_detector.runtime.codec import encode_points
+from stream_detector.runtime.publishing import decode_record
 from stream_detector.runtime.config import WorkerConfig
 from stream_detector.runtime.worker import ensure_topics
 
@@ -151,7 +152,7 @@ def killed_mid_stream(broker, cfg: WorkerConfig, workdir: Path, messages, window
     worker started in its place; yields the restarted worker after the sender has finished."""
     import threading
 
-    from stream_detector.runtime.worker import WorkerProcess
+    from stream_detector.bench.worker_process import WorkerProcess
 
     done = threading.Event()
 

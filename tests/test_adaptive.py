@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from stream_detector.training import calibration as T
+from stream_detector.runtime import thresholds as T
 from stream_detector.runtime.thresholds import DEFAULTS, LikelihoodThreshold, make_threshold
 from stream_detector.bench import nab
 

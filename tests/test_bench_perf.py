@@ -139,7 +139,7 @@ def test_key_partitions_are_the_default_partitioners_choice():
     murmur2) gives, and follows a topic that gains partitions."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from stream_detector.runtime.app import KeyPartitions
+    from stream_detector.runtime.publishing import KeyPartitions
 
     class Metadata:
         def __init__(self):

@@ -12,12 +12,10 @@ from stream_detector.runtime.codec import (
     REASONS,
     InvalidMessage,
     PointDecoder,
-    dead_letter_record,
-    decode_record,
     detect_format,
     encode_points,
-    encode_record,
 )
+from stream_detector.runtime.publishing import dead_letter, decode_record, encode_record
 
 CHANNELS = ["a", "b", "c"]
 FORMATS = ["msgpack", "json"]
@@ -175,7 +173,7 @@ def test_records_roundtrip_with_numpy(fmt):
 
 def test_dead_letter_keeps_original_bytes():
     raw = b"\xc1garbage"
-    rec = dead_letter_record(raw, "undecodable", "bad msgpack", "telemetry", 3, 42, key=b"src")
+    rec = dead_letter(raw, "undecodable", "bad msgpack", "telemetry", 3, 42, key=b"src")
     back = decode_record(encode_record(rec))
     assert back == {"reason": "undecodable", "detail": "bad msgpack", "topic": "telemetry", "partition": 3,
                     "offset": 42, "key": b"src", "raw": raw}

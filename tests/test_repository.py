@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from stream_detector.runtime import metrics
-from stream_detector.runtime.codec import InvalidMessage, decode_record, encode_points
+from stream_detector.runtime.codec import InvalidMessage, encode_points
+from stream_detector.runtime.publishing import decode_record
 from stream_detector.runtime.config import ConfigError, WorkerConfig, load_config
 from stream_detector.runtime.detector import Detector, InMessage
 from stream_detector.errors import UserError

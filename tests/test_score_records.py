@@ -12,7 +12,7 @@ import pytest
 from conftest import synthetic_series
 from streaming_helpers import point_messages
 
-from stream_detector.runtime.codec import decode_record, score_windows
+from stream_detector.runtime.publishing import decode_record, score_windows
 from stream_detector.runtime.config import ConfigError, WorkerConfig, load_config
 from stream_detector.runtime.detector import Detector, InMessage
 from stream_detector.runtime.repository import parse_routes
@@ -69,7 +69,7 @@ def test_worker_publishes_batch_records_end_to_end(sequence_model, tmp_path):
     from streaming_helpers import read_records, send, wait_until, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.runtime.worker import WorkerProcess
+    from stream_detector.bench.worker_process import WorkerProcess
 
     with EmbeddedBroker() as broker:
         cfg = replace(worker_config(broker, sequence_model, "batchrec"), score_records="batch")

@@ -41,10 +41,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 from streaming_helpers import expected_starts, point_messages  # noqa: E402
 
 from stream_detector.broker import BrokerError, EmbeddedBroker, broker_binary, free_port  # noqa: E402
-from stream_detector.runtime.codec import decode_record  # noqa: E402
+from stream_detector.runtime.publishing import decode_record  # noqa: E402
 from stream_detector.runtime.config import WorkerConfig  # noqa: E402
 from stream_detector.errors import UserError  # noqa: E402
-from stream_detector.runtime.worker import WorkerProcess, ensure_topics  # noqa: E402
+from stream_detector.bench.worker_process import WorkerProcess  # noqa: E402
+from stream_detector.runtime.worker import ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WINDOW, STRIDE = 16, 4  # the tiny model's card

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import synthetic_series
 from stream_detector.runtime import metrics
-from stream_detector.runtime.codec import decode_record, encode_points
+from stream_detector.runtime.codec import encode_points
+from stream_detector.runtime.publishing import decode_record
 from stream_detector.runtime.config import WorkerConfig
 from stream_detector.runtime.detector import Detector, InMessage
 from stream_detector.runtime.repository import parse_routes
@@ -105,7 +106,7 @@ def test_silent_source_closed_across_a_sigkill(sequence_model, tmp_path):
     from streaming_helpers import metric, point_messages, read_records, send, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.runtime.worker import WorkerProcess
+    from stream_detector.bench.worker_process import WorkerProcess
 
     with EmbeddedBroker() as broker:
         cfg = worker_config(broker, sequence_model, "silent", source_silence_seconds=10.0)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from stream_detector.training.calibration import (dynamic_threshold_flags, ewma, ewma_adjusted, hysteresis_flags,
-                                       pot_threshold, quantile_threshold, telemanom_epsilon_z, telemanom_flags,
-                                       telemanom_prune)
+from stream_detector.runtime.episodes import hysteresis_flags
+from stream_detector.runtime.thresholds import (dynamic_threshold_flags, ewma, ewma_adjusted, telemanom_epsilon_z,
+                                                telemanom_flags, telemanom_prune)
+from stream_detector.training.calibration import pot_threshold, quantile_threshold
 
 
 def test_pot_extrapolates_beyond_the_calibration_quantile():

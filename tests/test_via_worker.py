@@ -52,7 +52,7 @@ def test_worker_flags_equal_offline_flags(smap, models):
     from stream_detector.bench.telemanom import _event_report, _labels, _telemanom_kwargs
     from stream_detector.bench.via_worker import run_via_worker
     from stream_detector.training.evaluation import f1_from_counts
-    from stream_detector.training.calibration import telemanom_flags
+    from stream_detector.runtime.thresholds import telemanom_flags
 
     folder, cfg = models
     kwargs = _telemanom_kwargs(cfg)

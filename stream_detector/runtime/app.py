@@ -32,9 +32,9 @@ import faust
 from aiokafka.errors import KafkaError
 
 from . import metrics
-from .codec import dead_letter_record, encode_record
 from .config import WorkerConfig
 from .detector import Detector, InMessage, decode_state
+from .publishing import Outgoing, Publisher, dead_letter, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -282,33 +282,6 @@ def faust_settings(cfg: WorkerConfig) -> dict:
     return settings
 
 
-class KeyPartitions:
-    """The partition the producer's default partitioner gives a keyed record (murmur2 of the
-    key, as Kafka's Java client chooses), worked out once per topic and key.
-
-    aiokafka runs murmur2 in pure Python for every keyed send (~8 us, once per score record);
-    the worker sends the same few thousand source keys over and over.  The cache entry is
-    keyed by the topic's partition count, so a topic that gains partitions is recomputed.
-    ``None`` while the producer has no metadata for the topic: aiokafka then chooses itself.
-    """
-
-    def __init__(self, producer) -> None:
-        self.producer = producer  # an aiokafka AIOKafkaProducer
-        self._cache: dict[tuple[str, bytes], tuple[int, int]] = {}
-
-    def __call__(self, topic: str, key: bytes | None) -> int | None:
-        meta = self.producer._metadata
-        parts = meta.partitions_for_topic(topic)
-        if not parts or key is None:  # no key: the partitioner's random choice, not a cached one
-            return None
-        hit = self._cache.get((topic, key))
-        if hit is not None and hit[0] == len(parts):
-            return hit[1]
-        partition = self.producer._partitioner(key, list(parts), list(meta.available_partitions_for_topic(topic)))
-        self._cache[topic, key] = (len(parts), partition)
-        return partition
-
-
 def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App:
     """The Faust app for ``cfg``; loads the models now so a bad repository fails at start."""
     table_ref: list = []
@@ -324,7 +297,7 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
     table = app.Table(STATE_TABLE, default=None, partitions=cfg.partitions, key_type=bytes, value_type=bytes)
     table_ref.append(table)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-    partitions: list[KeyPartitions] = []  # for the producer of the moment (a restart makes a new one)
+    publisher = Publisher(app, table, scores_topic, alerts_topic, dead_topic)
     app.detector = detector  # for tests and the CLI
 
     @app.agent(input_topic, name="detect")
@@ -386,25 +359,18 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
 
     async def dead_letter_step(messages: list[InMessage], exc: Exception) -> None:
         detail = f"{type(exc).__name__}: {exc}"[:500]
-        pending = []
+        out = Outgoing()
         for m in messages:
-            record = dead_letter_record(m.value, "internal_error", detail, m.topic, m.partition, m.offset, m.key)
-            pending.append(await app.producer.send(dead_topic, m.key, encode_record(record, detector.fmt),
-                                                   None, None, None))
+            record = dead_letter(m.value, "internal_error", detail, m.topic, m.partition, m.offset, m.key)
+            out.dead_letters.append((m.key, encode_record(record, detector.fmt)))
             metrics.MESSAGES.labels("dead_letter").inc()
             metrics.DEAD_LETTERS.labels("internal_error").inc()
-        await asyncio.gather(*pending)
+        await publisher.publish(out)
 
     async def step(messages: list[InMessage]) -> None:
         """Decode, window, score and publish one batch of messages, then write the touched
         sources' states (after their records are acknowledged)."""
         loop = asyncio.get_running_loop()
-        send = app.producer.send  # (topic, key, value, partition, timestamp, headers) -> future
-        aio = app.producer._ensure_producer()
-        if not partitions or partitions[0].producer is not aio:
-            partitions[:] = [KeyPartitions(aio)]
-        partition_of = partitions[0]
-        changelog = table.changelog_topic.get_topic_name()
         # Pipelined: each part goes to the model's thread as soon as it is windowed, and
         # the event loop decodes the next messages, then publishes finished parts, while
         # ONNX Runtime scores (one executor thread keeps the parts in order).
@@ -413,42 +379,13 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
             touched.update(prepared.touched)
             scored = loop.run_in_executor(executor, detector.score, prepared) if prepared.groups else None
             parts.append((prepared, scored))
-        pending = []
+        pending: list = []
         for prepared, scored in parts:
             out = detector.finish(prepared, await scored if scored else detector.score(prepared))
-            # Straight to the producer (aiokafka batches them per partition): Faust's
-            # topic.send adds ~30 us of bookkeeping per record, which is per window here.
-            for topic, records in ((scores_topic, out.scores), (alerts_topic, out.alerts),
-                                   (dead_topic, out.dead_letters)):
-                for key, value in records:
-                    pending.append(await send(topic, key, value, partition_of(topic, key), None, None))
+            await publisher.send_records(out, pending)
         if pending:
             await asyncio.gather(*pending)  # published before the state that says so
-        # The state goes to the changelog the same way rather than by table.send_changelog:
-        # that path queues each record in Faust's ProducerBuffer, which sends one record
-        # at a time and makes the consumer wait (wait_until_ebb) whenever more than 100
-        # are queued, i.e. after every batch that touches 100 sources; profiled, the
-        # worker sat idle in it.  Faust flushes the producer before it commits input
-        # offsets, so the state is still durable before the offsets that it covers.
-        for source, (partition, state) in detector.states(touched).items():
-            key = source.encode()
-            table.data[key] = state
-            await send(changelog, key, state, partition, None, None)
-
-    async def publish(out) -> None:
-        """Records first, acknowledged, then the states (and deletions) that say so."""
-        send = app.producer.send
-        pending = [await send(topic, key, value, None, None, None)
-                   for topic, records in ((scores_topic, out.scores), (alerts_topic, out.alerts)) for key, value in records]
-        if pending:
-            await asyncio.gather(*pending)
-        changelog = table.changelog_topic.get_topic_name()
-        for source, (partition, state) in out.states.items():
-            table.data[source.encode()] = state
-            await send(changelog, source.encode(), state, partition, None, None)
-        for source, partition in out.evicted.items():  # a tombstone: the source starts afresh if it returns
-            table.data.pop(source.encode(), None)
-            await send(changelog, source.encode(), None, partition, None, None)
+        await publisher.send_states(detector.states(touched))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
@@ -477,7 +414,7 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
     async def sweep_sources() -> None:
         out = detector.sweep(time.time())
         if out.scores or out.alerts or out.states or out.evicted:
-            await publish(out)
+            await publisher.publish(out)
 
     @app.task
     async def probe_broker() -> None:

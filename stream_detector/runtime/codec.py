@@ -1,4 +1,5 @@
-"""Message codec and validation for the telemetry, score, alert and dead-letter topics.
+"""Decoding and validation of the input topic's messages (the records the worker writes are
+:mod:`.publishing`'s).
 
 Input messages are keyed by source id and carry one point or a batch of points::
 
@@ -24,7 +25,6 @@ stream_detector.runtime.codec.InvalidMessage: missing_channel: channel 'b' is mi
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -40,10 +40,7 @@ __all__ = [
     "Points",
     "PointDecoder",
     "encode_points",
-    "encode_record",
-    "decode_record",
-    "dead_letter_record",
-    "score_windows",
+    "check_format",
     "detect_format",
 ]
 
@@ -325,60 +322,10 @@ def _numeric_array(seq: list, what: str) -> np.ndarray:
     return arr.astype(np.float64, copy=False)
 
 
-# -- encoders ------------------------------------------------------------------------------
-def _check_fmt(fmt: str) -> None:
+# -- input messages (producers, replay, tests) ------------------------------------------------
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"message format must be one of {FORMATS}, not {fmt!r}")
-
-
-def _plain(obj: Any) -> Any:
-    """msgpack/JSON fallback for numpy scalars and arrays."""
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(obj)).decode("ascii")
-    return _plain(obj)
-
-
-def encode_record(record: Mapping[str, Any], fmt: str = "msgpack") -> bytes:
-    """Encode a score/alert/dead-letter record; numpy values become plain numbers/lists.
-
-    In JSON, ``bytes`` (the dead letter's original payload) are written as base64 text.
-    """
-    _check_fmt(fmt)
-    if fmt == "json":
-        return json.dumps(record, default=_json_default, separators=(",", ":"), allow_nan=False).encode()
-    return msgpack.packb(record, default=_plain, use_bin_type=True)
-
-
-def decode_record(raw: bytes) -> dict:
-    """Decode a record written by :func:`encode_record` (msgpack or JSON, auto-detected)."""
-    if detect_format(raw) == "json":
-        return json.loads(raw)
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-
-
-def score_windows(record: Mapping[str, Any]) -> list[dict]:
-    """The per-window score records in a record from the ``scores`` topic: the record itself
-    (``score_records: window``), or each window of a batched record (``score_records: batch``),
-    which carries ``"windows": N`` and lists of N values (``channel_scores`` as one list per
-    channel; extra per-window figures such as ``likelihood`` likewise)."""
-    n = record.get("windows")
-    if not isinstance(record.get("score"), list) or not isinstance(n, int):
-        return [dict(record)]
-    columns = {k: v for k, v in record.items() if isinstance(v, list) and len(v) == n}
-    constant = {k: v for k, v in record.items() if k not in columns and k not in ("windows", "channel_scores")}
-    per_channel = record.get("channel_scores") or {}
-    return [{**constant, **{k: v[i] for k, v in columns.items()},
-             "channel_scores": {c: vals[i] for c, vals in per_channel.items()}} for i in range(n)]
 
 
 def encode_points(
@@ -387,7 +334,7 @@ def encode_points(
     fmt: str = "msgpack",
 ) -> bytes:
     """Encode one point (``ts`` a number) or a batch (``ts`` a sequence) as an input message."""
-    _check_fmt(fmt)
+    check_format(fmt)
     if isinstance(ts, (int, float, np.integer, np.floating)):
         msg: dict[str, Any] = {"ts": float(ts), "values": {ch: float(v) for ch, v in values.items()}}  # type: ignore[arg-type]
     else:
@@ -398,24 +345,3 @@ def encode_points(
     if fmt == "json":
         return json.dumps(msg, separators=(",", ":")).encode()
     return msgpack.packb(msg, use_bin_type=True)
-
-
-def dead_letter_record(
-    raw: bytes | None,
-    reason: str,
-    detail: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None = None,
-) -> dict:
-    """The dead-letter record for a rejected message: the original bytes are kept as bytes."""
-    return {
-        "reason": reason,
-        "detail": detail,
-        "topic": topic,
-        "partition": int(partition),
-        "offset": int(offset),
-        "key": bytes(key) if key is not None else None,
-        "raw": bytes(raw) if raw is not None else None,
-    }

@@ -47,8 +47,9 @@ import numpy as np
 from . import metrics
 from .thresholds import AdaptiveThreshold, make_threshold
 from .episodes import EpisodeTracker
-from .codec import InvalidMessage, PointDecoder, dead_letter_record, encode_record
+from .codec import InvalidMessage, PointDecoder
 from .config import WorkerConfig
+from .publishing import Outgoing, batch_score_record, dead_letter, decode_record, encode_record, score_record
 from .repository import ModelRepository, ModelVersion, Route, Routes
 from .scoring import Scorer
 from .windowing import SourceWindows, channels_fingerprint
@@ -86,6 +87,11 @@ class Served:
     @property
     def key(self) -> str:
         return f"{self.name}:{self.version}"
+
+    def observe_call(self, batch_size: int, seconds: float) -> None:
+        """One ONNX Runtime call of this model, into the inference and batch-size histograms."""
+        self.inference_metric.observe(seconds)
+        metrics.BATCH_SIZE.observe(batch_size)
 
 
 @dataclass
@@ -134,19 +140,6 @@ class Prepared:
     @property
     def n_windows(self) -> int:
         return sum(len(g.sources) for g in self.groups.values())
-
-
-@dataclass
-class Outgoing:
-    """Everything one part produces: records to publish (and, from :meth:`Detector.process`, state)."""
-
-    scores: list[tuple[bytes, bytes]] = field(default_factory=list)
-    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # source -> (partition, state)
-    evicted: dict[str, int] = field(default_factory=dict)  # source -> partition: delete from the table
-    records: list[dict] = field(default_factory=list)  # score records as dicts (process_points only)
-    events: list[dict] = field(default_factory=list)  # alert events as dicts (process_points only)
 
 
 def encode_state(state: dict) -> bytes:
@@ -404,7 +397,7 @@ class Detector:
 
     # -- step 1 ------------------------------------------------------------------------------
     def _dead(self, prepared: Prepared, msg: InMessage, exc: InvalidMessage) -> None:
-        record = dead_letter_record(msg.value, exc.reason, exc.detail, msg.topic, msg.partition, msg.offset, msg.key)
+        record = dead_letter(msg.value, exc.reason, exc.detail, msg.topic, msg.partition, msg.offset, msg.key)
         prepared.dead_letters.append((msg.key, encode_record(record, self.fmt)))
         metrics.DEAD_LETTERS.labels(exc.reason).inc()
         metrics.MESSAGES.labels("dead_letter").inc()
@@ -480,20 +473,8 @@ class Detector:
     # -- step 2 ------------------------------------------------------------------------------
     def score(self, prepared: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Scores of all prepared windows per group, ``batch_max_windows`` per ONNX Runtime call."""
-        out = {}
-        step = self.cfg.batch_max_windows
-        for key, g in prepared.groups.items():
-            windows, scorer = g.stacked(), g.served.scorer
-            n = len(g.sources)
-            scores = np.empty(n, np.float32)
-            channel_scores = np.empty((n, len(g.served.channels)), np.float32)
-            for i in range(0, n, step):
-                started = time.perf_counter()
-                scores[i:i + step], channel_scores[i:i + step] = scorer.score(windows[i:i + step])
-                g.served.inference_metric.observe(time.perf_counter() - started)
-                metrics.BATCH_SIZE.observe(min(step, n - i))
-            out[key] = (scores, channel_scores)
-        return out
+        return {key: g.served.scorer.score_batches(g.stacked(), self.cfg.batch_max_windows, g.served.observe_call)
+                for key, g in prepared.groups.items()}
 
     # -- step 3 ------------------------------------------------------------------------------
     def _decided(self, source: str, st: Source, k: int, flags: np.ndarray, thresholds: np.ndarray) -> Decided:
@@ -550,7 +531,9 @@ class Detector:
             tracker = d.tracker or (st.tracker if st else None)
             key = d.source.encode()
             if self.batch_records and len(d.scores):
-                out.scores.append((key, encode_record(self._batch_record(d), self.fmt)))
+                record = batch_score_record(d.source, d.served_name, d.versions, d.start_ts, d.end_ts, d.scores,
+                                            d.thresholds, d.flags, channels, d.channel_scores, d.extra)
+                out.scores.append((key, encode_record(record, self.fmt)))
             for i in range(len(d.scores)):
                 score, thr = float(d.scores[i]), float(d.thresholds[i])
                 if d.flags is None:
@@ -558,14 +541,9 @@ class Detector:
                 else:
                     anomalous = bool(d.flags[i])
                 if keep_dicts or not self.batch_records:
-                    record = {"source": d.source, "start": float(d.start_ts[i]), "end": float(d.end_ts[i]),
-                              # null while an adaptive procedure is still learning (no level chosen yet)
-                              "score": score, "threshold": thr if math.isfinite(thr) else None,
-                              "is_anomaly": bool(anomalous),
-                              "channel_scores": dict(zip(channels, map(float, d.channel_scores[i]))),
-                              "model": d.served_name, "model_version": str(int(d.versions[i]))}
-                    for name, values in d.extra.items():
-                        record[name] = float(values[i])
+                    record = score_record(d.source, d.start_ts[i], d.end_ts[i], score, thr, anomalous, channels,
+                                          d.channel_scores[i], d.served_name, d.versions[i],
+                                          {name: float(values[i]) for name, values in d.extra.items()} if d.extra else None)
                     if not self.batch_records:
                         out.scores.append((key, encode_record(record, self.fmt)))
                     if keep_dicts:
@@ -588,25 +566,6 @@ class Detector:
             g.served.windows_metric.inc(len(g.sources))
         metrics.EPISODES_OPEN.set(sum(s.tracker.is_open for s in self.sources.values()))
         return out
-
-    @staticmethod
-    def _batch_record(d: Decided) -> dict:
-        """One columnar score record for all of ``d``'s windows (``score_records: batch``):
-        the same values as the per-window records, which :func:`codec.score_windows` gives back."""
-        scores = d.scores.astype(np.float64)
-        thresholds = d.thresholds.astype(np.float64)
-        flags = scores >= thresholds if d.flags is None else d.flags.astype(bool)
-        record = {"source": d.source, "model": d.served_name, "windows": len(scores),
-                  "start": d.start_ts.astype(np.float64).tolist(), "end": d.end_ts.astype(np.float64).tolist(),
-                  "score": scores.tolist(),
-                  "threshold": [t if math.isfinite(t) else None for t in thresholds.tolist()],
-                  "is_anomaly": flags.tolist(),
-                  "channel_scores": {c: d.channel_scores[:, j].astype(np.float64).tolist()
-                                     for j, c in enumerate(d.channels)},
-                  "model_version": [str(v) for v in d.versions.astype(np.int64).tolist()]}
-        for name, values in d.extra.items():
-            record[name] = np.asarray(values, np.float64).tolist()
-        return record
 
     def states(self, touched: dict[str, int]) -> dict[str, tuple[int, bytes]]:
         """The state to persist for each touched source: ``source -> (partition, bytes)``.
@@ -719,8 +678,6 @@ class Detector:
         msg = InMessage(source.encode(), encode_points(list(map(float, ts)), values), "direct", 0, offset)
         out = self.process([msg], keep_dicts=True)
         if out.dead_letters:
-            from .codec import decode_record
-
             rec = decode_record(out.dead_letters[0][1])
             raise InvalidMessage(rec["reason"], rec["detail"])
         return out.records, out.events

@@ -17,6 +17,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from .publishing import AlertEvent, TopChannel, alert_event
+
+
+def static_rule(score: float, threshold: float, release: float) -> tuple[bool, bool]:
+    """The static threshold's episode rule: ``(opens, holds)`` for one window's score.  An
+    episode opens at a score at or above ``threshold`` and stays open while scores stay at or
+    above ``release`` (never above ``threshold``).  The worker's tracker and the offline
+    :func:`hysteresis_flags` both decide with it."""
+    return score >= threshold, score >= min(release, threshold)
+
+
+def hysteresis_flags(scores: np.ndarray, threshold: float, release: float) -> np.ndarray:
+    """Windows inside alert episodes as the worker forms them (static threshold, no quiet
+    time): the offline form of :class:`EpisodeTracker`'s rule.  NaN scores count as below.
+
+    >>> hysteresis_flags(np.array([0.1, 0.9, 0.6, 0.4, 0.6]), threshold=0.8, release=0.5).tolist()
+    [False, True, True, False, False]
+    """
+    flags = np.zeros(len(scores), dtype=bool)
+    open_ = False
+    for i, v in enumerate(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)):
+        opens, holds = static_rule(v, threshold, release)
+        open_ = opens or (open_ and holds)
+        flags[i] = open_
+    return flags
+
 
 class EpisodeTracker:
     """Opens and closes alert episodes for one source from its window scores."""
@@ -31,20 +57,18 @@ class EpisodeTracker:
     def is_open(self) -> bool:
         return bool(self.state.get("open"))
 
-    def _top(self) -> list[dict]:
+    def _top(self) -> list[TopChannel]:
         sums = np.asarray(self.state["channel_sum"])
         order = np.argsort(-sums)[: self.top_k]
         total = float(sums.sum()) or 1.0
         return [{"channel": self.channels[i], "share": round(float(sums[i]) / total, 4)} for i in order]
 
-    def _event(self, kind: str, source: str) -> dict:
-        s = self.state
-        return {"event": kind, "source": source, "episode_id": s["id"], "start": s["start"], "end": s["end"],
-                "peak_score": s["peak"], "threshold": s.get("threshold", self.threshold), "windows": s["windows"],
-                "top_channels": self._top()}
+    def _event(self, kind: str, source: str) -> AlertEvent:
+        return alert_event(kind, source, self.state, self.state.get("threshold", self.threshold), self._top())
 
     def update(self, source: str, start_ts: float, end_ts: float, score: float,
-               channel_scores: np.ndarray, flag: bool | None = None, threshold: float | None = None) -> list[dict]:
+               channel_scores: np.ndarray, flag: bool | None = None, threshold: float | None = None
+               ) -> list[AlertEvent]:
         """Feed one scored window; returns the alert events (``opened`` / ``closed``) it causes.
 
         ``flag`` None: the static rule (open at ``threshold``, hold while at or above ``release``).
@@ -53,8 +77,10 @@ class EpisodeTracker:
         ``opened`` event.
         """
         s, events = self.state, []
-        opens = score >= self.threshold if flag is None else flag
-        holds = score >= self.release if flag is None else flag
+        if flag is None:
+            opens, holds = static_rule(score, self.threshold, self.release)
+        else:
+            opens = holds = flag
         if not s.get("open"):
             if opens:
                 s.update(open=True, id=f"{source}@{end_ts:.6f}", start=float(start_ts), end=float(end_ts),
@@ -76,7 +102,7 @@ class EpisodeTracker:
             self.state = {}
         return events
 
-    def close(self, source: str, reason: str) -> dict:
+    def close(self, source: str, reason: str) -> AlertEvent:
         """Close the open episode now, whatever the scores (e.g. the model's channels changed)."""
         event = self._event("closed", source)
         event["reason"] = reason

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,21 @@ class Scorer:
         score, channel_scores = self.session.run(["score", "channel_scores"], {"window": windows})
         return score, channel_scores
 
+    def score_batches(self, windows: np.ndarray, max_batch: int,
+                      observe: Callable[[int, float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` for any number of windows, at most ``max_batch`` per ONNX Runtime call
+        (a bounded call keeps memory and the latency of one call bounded; the worker's
+        ``batch_max_windows``).  ``observe(batch_size, seconds)`` is told about each call."""
+        n = len(windows)
+        scores = np.empty(n, np.float32)
+        channel_scores = np.empty((n, len(self.channels)), np.float32)
+        for i in range(0, n, max_batch):
+            started = time.perf_counter()
+            scores[i:i + max_batch], channel_scores[i:i + max_batch] = self.score(windows[i:i + max_batch])
+            if observe is not None:
+                observe(min(max_batch, n - i), time.perf_counter() - started)
+        return scores, channel_scores
+
     def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph (score, channel_scores, transformed input, reconstruction)."""
         outs = self.session.run(None, {"window": np.ascontiguousarray(windows, dtype=np.float32)})
@@ -114,10 +131,7 @@ def score_series(scorer: Scorer, values: np.ndarray, stride: int | None = None, 
     stride = stride or scorer.stride
     starts = window_starts(len(values), scorer.window, stride)
     windows = sliding_windows(np.asarray(values, dtype=np.float32), scorer.window, stride)
-    scores = np.empty(len(starts), dtype=np.float32)
-    channel_scores = np.empty((len(starts), len(scorer.channels)), dtype=np.float32)
-    for i in range(0, len(starts), batch_size):
-        scores[i:i + batch_size], channel_scores[i:i + batch_size] = scorer.score(windows[i:i + batch_size])
+    scores, channel_scores = scorer.score_batches(windows, batch_size)
     return {"starts": starts, "scores": scores, "channel_scores": channel_scores}
 
 

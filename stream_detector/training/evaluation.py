@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from ..runtime.thresholds import ranges_from_mask  # noqa: F401 - the one run-length coder, used here and by callers
+
 Range = tuple[int, int]
 
 
@@ -51,14 +53,6 @@ def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict:
     i = int(np.argmax(f)) if len(f) else 0
     return {"f1": float(f[i]) if len(f) else 0.0, "precision": float(p[i]), "recall": float(r[i]),
             "threshold": float(t[i]) if len(t) else float("nan")}
-
-
-def ranges_from_mask(mask: np.ndarray) -> list[Range]:
-    """Inclusive ``(start, end)`` runs of True in a boolean mask."""
-    m = np.asarray(mask, bool).astype(np.int8)
-    d = np.diff(np.concatenate([[0], m, [0]]))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
 def mask_from_ranges(ranges: Iterable[Sequence[int]], n: int) -> np.ndarray:
