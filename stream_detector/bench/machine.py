@@ -16,3 +16,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def describe() -> dict:
+    """The machine description every report carries under ``host`` (the framework adds it), so
+    that two reports can be compared knowing whether they ran on the same kind of machine."""
+    import os
+
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}

@@ -4,30 +4,41 @@ Time order is kept: the first ``train_fraction`` of the points trains the networ
 rest is held out to calibrate the threshold on windows the model never saw (the card
 records both spans).  The threshold is computed by ONNX Runtime on the exported graph, so
 it is calibrated on exactly what the worker will run.
+
+PyTorch and the training modules are imported inside the functions that train: the
+score-only half (:func:`score_with_model`, what ``stream-detector score`` runs) and the
+configuration types must import on an install without the ``train`` extra.
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .. import __version__
 from ..runtime.card import ModelCard, write_card
 from ..errors import DataError
-from .export import AnomalyScorer, export_onnx
-from .nets import count_flops
 from ..runtime.scoring import sliding_windows
 from .calibration import pot_threshold, quantile_threshold
-from .wgan import TrainConfig, config_dict, train
-from .transforms import WindowTransform, fit_normalisation
+
+if TYPE_CHECKING:
+    import torch
+
+    from .transforms import WindowTransform
+    from .wgan import TrainConfig
 
 
 def _transform_windows(transform: WindowTransform, windows: np.ndarray, chunk: int = 1024) -> torch.Tensor:
+    import torch
+
     with torch.no_grad():
         return torch.cat([transform(torch.from_numpy(np.ascontiguousarray(windows[i:i + chunk])))
                           for i in range(0, len(windows), chunk)])
@@ -36,6 +47,7 @@ def _transform_windows(transform: WindowTransform, windows: np.ndarray, chunk: i
 def library_versions() -> dict:
     import onnx
     import onnxruntime
+    import torch
 
     return {"stream_detector": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
@@ -109,6 +121,13 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     ``threshold`` is the method the worker applies (:func:`threshold_spec`); the held-out
     quantile calibration is always recorded (``value``/``release``), as the static level and
     as a reference scale for the adaptive methods."""
+    import torch
+
+    from .export import AnomalyScorer, export_onnx
+    from .nets import count_flops
+    from .transforms import WindowTransform, fit_normalisation
+    from .wgan import config_dict, train
+
     segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
     train_parts, calib_parts = _split_segments(segments, window, train_fraction, source)
     n = sum(len(v) for v in segments)
@@ -163,3 +182,125 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
 
     plot_training_curves(nets.history, out_dir / "training_curves.png")
     return card
+
+
+# ---------------------------------------------------------------- one fit-and-score for every caller
+@dataclass(frozen=True)
+class SeriesModelConfig:
+    """Everything that fits a series model besides the data, typed: the window and its transform,
+    the threshold calibration, and the training configuration (:class:`TrainConfig`).
+
+    Benchmarks keep their configuration as one flat mapping in their reports (``window``,
+    ``iterations``, ...); :meth:`from_flat` reads such a mapping, the training keys going to
+    ``train``, and refuses a key it does not know by name instead of ignoring a typo."""
+
+    window: int = 64
+    stride: int = 1
+    transform: str = "sequence"
+    plot_size: int = 32
+    threshold: str = "quantile"
+    threshold_quantile: float = 0.995
+    release_quantile: float = 0.95
+    max_train_windows: int = 20000
+    train: TrainConfig = field(default_factory=lambda: _train_config_type()())
+
+    @classmethod
+    def from_flat(cls, d: Mapping, runner_keys: Iterable[str] = ()) -> tuple[SeriesModelConfig, dict]:
+        """``(config, the runner's own keys)`` from a flat mapping; ``runner_keys`` are the keys the
+        caller handles itself (e.g. NAB's ``probationary``).  Raises :class:`ConfigKeyError`
+        naming the first unknown key and listing the known ones."""
+        TrainConfig = _train_config_type()
+        own = {f.name for f in fields(cls)} - {"train"}
+        train_keys = {f.name for f in fields(TrainConfig)}
+        runner_keys = set(runner_keys)
+        unknown = [k for k in d if k not in own | train_keys | runner_keys]
+        if unknown:
+            raise ConfigKeyError(unknown[0], sorted(own | train_keys | runner_keys))
+        train = TrainConfig(**{k: v for k, v in d.items() if k in train_keys})
+        model = cls(train=train, **{k: v for k, v in d.items() if k in own})
+        return model, {k: v for k, v in d.items() if k in runner_keys}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SeriesModelConfig:
+        """A flat mapping with no runner keys (see :meth:`from_flat`)."""
+        return cls.from_flat(d)[0]
+
+    def with_training(self, **changes) -> SeriesModelConfig:
+        return replace(self, train=replace(self.train, **changes))
+
+
+def _train_config_type() -> type:
+    from .wgan import TrainConfig  # imports torch: only when a training configuration is built
+
+    return TrainConfig
+
+
+class ConfigKeyError(ValueError):
+    """A configuration key no field has: named, with the keys there are."""
+
+    def __init__(self, key: str, known: list[str]):
+        self.key = key
+        super().__init__(f"unknown configuration key {key!r}; known keys: {', '.join(known)}")
+
+
+@dataclass
+class SeriesScores:
+    """A series scored by one model: the window scores (``score_series``'s ``starts``,
+    ``scores``, ``channel_scores``) and the causal point scores (a point takes the latest
+    window ending at or before it; NaN before the first)."""
+
+    scorer: object  # runtime.scoring.Scorer
+    windows: dict
+    points: np.ndarray
+    seconds: float
+
+
+def score_with_model(model, values: np.ndarray, *, stride: int | None = None,
+                     threads: int | None = None) -> SeriesScores:
+    """Score ``values [T, C]`` (columns in the card's channel order) with a model directory or
+    an open :class:`~stream_detector.runtime.scoring.Scorer`: the score-only half, shared by
+    ``stream-detector score`` / ``evaluate`` and the benchmarks, so offline figures are always
+    computed the one way."""
+    from ..runtime.scoring import Scorer, point_scores, score_series
+
+    started = time.monotonic()
+    if isinstance(model, Scorer):
+        scorer = model
+    else:
+        scorer = Scorer(model) if threads is None else Scorer(model, threads=threads)
+    result = score_series(scorer, values, stride=stride)
+    points = point_scores(len(values), result["starts"], scorer.window, result["scores"])
+    return SeriesScores(scorer, result, points, time.monotonic() - started)
+
+
+@dataclass
+class FitAndScore:
+    """What :func:`fit_and_score` returns: the written card, the series' scores, the timings."""
+
+    card: ModelCard
+    scores: SeriesScores
+    train_seconds: float
+
+    @property
+    def points(self) -> np.ndarray:
+        return self.scores.points
+
+
+def fit_and_score(train_values: np.ndarray, score_values: np.ndarray, channels: list[str], model_dir: Path,
+                  config: SeriesModelConfig, *, train_fraction: float = 0.8, name: str = "model", source: str = "",
+                  threads: int | None = None, progress: bool = False, stride: int | None = 1) -> FitAndScore:
+    """Fit a model on ``train_values`` (its first ``train_fraction`` trains, the rest calibrates
+    the threshold, as :func:`fit_series_model`) into ``model_dir`` and score the whole
+    ``score_values`` with the exported graph (stride ``stride``; ``None``: the card's).
+
+    The one fit-then-score of the benchmarks: NAB trains on a file's probation and scores the
+    file, telemanom trains on a channel's train split and scores its test split."""
+    started = time.monotonic()
+    card = fit_series_model(train_values, channels, model_dir, window=config.window, stride=config.stride,
+                            transform=config.transform, cfg=config.train, plot_size=config.plot_size, name=name,
+                            train_fraction=train_fraction, threshold_quantile=config.threshold_quantile,
+                            release_quantile=config.release_quantile, max_train_windows=config.max_train_windows,
+                            source=source, progress=progress, threshold=config.threshold)
+    train_seconds = time.monotonic() - started
+    scores = score_with_model(model_dir, score_values, stride=stride, threads=threads)
+    return FitAndScore(card, scores, train_seconds)
