@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +19,6 @@ import numpy as np
 from .errors import DataError
 
 TIMESTAMP_COLUMNS = ("timestamp", "ts", "time")
-
-
-def data_root() -> Path:
-    """The shared benchmark data: ``$STREAM_DETECTOR_DATA`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get("STREAM_DETECTOR_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @dataclass
