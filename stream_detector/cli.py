@@ -73,16 +73,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- score
 def _score_file(model: str, data: str, stride: int | None, label_column: str | None = None):
+    """Score a file with a model directory: the benchmarks' score-only half
+    (:func:`~stream_detector.training.fit.score_with_model`; no PyTorch needed)."""
     from .data import load_series, require_rows, select_channels
-    from .runtime.scoring import Scorer, point_scores, score_series
+    from .runtime.scoring import Scorer
+    from .training.fit import score_with_model
 
     scorer = Scorer(model)
     series = load_series(data, label_column=label_column)
     values = select_channels(series, scorer.channels)
     require_rows(series, scorer.window)
-    result = score_series(scorer, values, stride=stride)
-    points = point_scores(len(values), result["starts"], scorer.window, result["scores"])
-    return scorer, series, values, result, points
+    scored = score_with_model(scorer, values, stride=stride)
+    return scorer, series, values, scored.windows, scored.points
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-live", action="store_true", help="no live table, just the summary")
     d.set_defaults(func=cmd_demo)
 
-    bn = sub.add_parser("bench", help="benchmarks that write JSON and Markdown under docs/benchmarks/",
+    bn = sub.add_parser("bench", help="benchmarks that write JSON and Markdown where --out says "
+                        "(default ./bench-results/)",
                         description="; ".join(f"{k}: {v}" for k, v in BENCHES.items()))
     bn.add_argument("benchmark", choices=list(BENCHES), help="which benchmark ('bench NAME --help' for its options)")
     bn.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")

@@ -134,7 +134,7 @@ class Demo:
 async def _consume(bootstrap: str, topics: list[str], demo: Demo, stop: asyncio.Event) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    from .runtime.codec import decode_record
+    from .runtime.publishing import decode_record
 
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
@@ -229,7 +229,8 @@ def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: in
              repository: Path = MODEL_REPOSITORY) -> int:
     from .broker import EmbeddedBroker
     from .runtime.config import WorkerConfig
-    from .runtime.worker import WorkerProcess, topic_plan
+    from .bench.worker_process import WorkerProcess
+    from .runtime.worker import topic_plan
 
     data = load_demo_data()
     routes, plan = demo_plan(repository, list(data))

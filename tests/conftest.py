@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_detector.data import data_root
+from stream_detector.bench.datasets import data_root
 
 #: A model directory (model.onnx + model.json) built once by tests/data/build_tiny_model.py
 #: with ``tiny_model`` below; see tests/data/README.md.  The worker tests use it, so they run

@@ -21,7 +21,7 @@ import pytest
 
 from stream_detector.bench import nab
 from stream_detector.bench import nab_scorer as ns
-from stream_detector.data import data_root
+from stream_detector.bench.datasets import data_root
 
 # NAB's three profiles, as in NAB v1.1's config/profiles.json (used when the shared copy is absent).
 STANDARD_PROFILES = {

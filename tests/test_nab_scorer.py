@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stream_detector.bench import nab_scorer as ns
-from stream_detector.data import data_root
+from stream_detector.bench.datasets import data_root
 
 COST = {"standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
         "reward_low_FN_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0}}}

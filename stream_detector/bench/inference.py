@@ -26,7 +26,7 @@ CPU always; ONNX Runtime's CUDA provider as well when an NVIDIA GPU is visible (
 records which).  Each figure is the median of repeated calls over at least ``--seconds``;
 batch sizes stop growing once one call takes longer than ``--max-call-seconds``.
 
-Results: ``docs/benchmarks/inference.json`` and ``inference.md``.
+Results: ``<--out>/inference.json`` and ``inference.md`` (the committed ones in ``docs/benchmarks/``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+from .framework import Benchmark, Report, error
+
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PRODUCTION_MODEL = Path(__file__).resolve().parents[2] / "models" / "smap-demo" / "1"
 #: 28: windows per call the issue measured on a busy worker; 64: the worker's batch_max_windows
@@ -327,8 +328,8 @@ def bench_production(model_dir: Path, threads: int, batches: list[int], runs: in
     dirs = _production_dirs(model_dir, workdir)
     card = load_card(model_dir)
     flops = int(card.graph["flops_per_window"])
-    # "worker": how the worker built its scorer before inference_threads (ORT's default threads, no
-    # spinning); with inference_threads 0 it still does.  Its default (1) is the "1 thread" row.
+    # "worker": the scorer as the worker builds it with inference_threads 0 (ORT's default threads,
+    # no spinning); its default (1) is the "1 thread" row.
     configs = {"1 thread": {"threads": 1}, "worker": {"spinning": False}}
     scorers = {(form, cfg): Scorer(d, providers=["CPUExecutionProvider"], **kw)
                for form, d in dirs.items() for cfg, kw in configs.items()}
@@ -689,9 +690,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stream-detector bench inference", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, of {', '.join(SPECS)}")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for the scorer-shape tables")
@@ -704,31 +703,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-runs", type=int, default=200, help="calls profiled per form")
     p.add_argument("--no-production", dest="production", action="store_false", help="the scorer shapes only")
     p.add_argument("--quick", action="store_true", help="smoke run: one short round, two small shapes, batch 1 and 4")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def run_from_args(args: argparse.Namespace) -> Report | int:
+    """Check the arguments (an ``error:`` line and status 2 for a bad one), measure, report."""
     args.specs = [m for m in args.models.split(",") if m]
     unknown = [m for m in args.specs if m not in SPECS]
     if unknown:
-        print(f"error: unknown model {unknown[0]!r}; choose from {', '.join(SPECS)}", file=sys.stderr)
-        return 2
+        return error(f"unknown model {unknown[0]!r}; choose from {', '.join(SPECS)}")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.production_batch_sizes = [int(b) for b in args.production_batch_sizes.split(",") if b]
     if args.quick:
         args.specs, args.batch_sizes, args.seconds = list(QUICK_SPECS), [1, 4], 0.05
         args.runs, args.production_batch_sizes, args.profile_runs = 1, [1, 8], 20
     if args.production and not (Path(args.production_model) / "model.json").is_file():
-        print(f"error: no model directory at {args.production_model}", file=sys.stderr)
-        return 2
-    res = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "inference.md").write_text(markdown(res))
-    print(f"wrote {out / 'inference.json'} and {out / 'inference.md'}")
-    return 0
+        return error(f"no model directory at {args.production_model}")
+    return Report("inference", run(args), markdown)
+
+
+class InferenceBenchmark(Benchmark):
+    name = "inference"
+    description = __doc__.splitlines()[0]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> Report | int:
+        return run_from_args(args)
+
+
+BENCHMARK = InferenceBenchmark()
+build_parser = BENCHMARK.build_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

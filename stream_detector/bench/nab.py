@@ -39,17 +39,20 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
-import json
 import math
 import os
 import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from ..training.fit import ConfigKeyError, SeriesModelConfig
+from .framework import Benchmark, Report
 
 PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
 DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=1000, encoder_iterations=1000,
@@ -61,6 +64,28 @@ POST = ("likelihood", "rank")
 # reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
 LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
                   averaging_window=10, red=0.99999, yellow=0.999, std_floor=1e-3)
+# keys of the flat configuration that are NAB's own, not the model's (see NabConfig)
+RUNNER_KEYS = ("probationary", "smoothing", "combine", "post", "likelihood", "rescored_from")
+
+
+@dataclass(frozen=True)
+class NabConfig:
+    """The corpus configuration, typed: the model (window, transform, training) and NAB's own
+    settings (probation, post-processing).  Reports keep the flat mapping (``config``);
+    :meth:`from_dict` reads it and names a key that belongs to neither."""
+
+    model: SeriesModelConfig
+    probationary: float = 0.15
+    smoothing: int = 5
+    combine: str = "none"
+    post: str = "likelihood"
+    likelihood: dict | None = None
+    rescored_from: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NabConfig:
+        model, own = SeriesModelConfig.from_flat(d, RUNNER_KEYS)
+        return cls(model=model, **own)
 
 
 def read_nab_csv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -133,12 +158,9 @@ def anomaly_likelihood(raw: np.ndarray, learning_period: int = 288, estimation_s
     a relative floor on the standard deviation), and mirrors scores below the mean (a score
     unusually *low* is flagged too; here it is not).
 
-    A wrapper over the streaming ``adaptive.LikelihoodThreshold`` (the worker's procedure), so
-    offline and online likelihoods are the same.  Against the vectorised implementation it
-    replaced (cumulative sums over the whole series): equal to ~1e-12 relative (the moving
-    average is a direct sum of its window, the normal fit sums blocks of moving averages), and
-    an infinite raw score is missing for its ``averaging_window`` moving averages only (the
-    cumulative sum made every later moving average NaN).
+    A wrapper over the streaming ``runtime.thresholds.LikelihoodThreshold`` (the worker's
+    procedure), so offline and online likelihoods are the same (what it replaced: see
+    ``docs/benchmarks/history.md``).
     """
     from ..runtime.thresholds import LikelihoodThreshold
 
@@ -182,35 +204,26 @@ def run_file(task: dict) -> dict:
     """Train on the probationary part of one file and score every point online."""
     import torch
 
-    from ..training.fit import fit_series_model
-    from ..runtime.scoring import Scorer, point_scores, score_series
-    from ..training.wgan import TrainConfig
+    from ..training.fit import fit_and_score
     from .nab_scorer import probationary_length
 
     torch.set_num_threads(task["threads"])
-    c = task["config"]
+    c = NabConfig.from_dict(task["config"])
     timestamps, values = read_nab_csv(Path(task["path"]))
-    n, w = len(values), c["window"]
+    n, w = len(values), c.model.window
     # NAB's probationary period (15 %, capped at 750 points): training on more would train on
     # points that are scored afterwards, i.e. look ahead.
-    prob = probationary_length(n, c["probationary"])
-    train = values[:prob].reshape(-1, 1)
-    cfg = TrainConfig(arch=c["arch"], iterations=c["iterations"], encoder_iterations=c["encoder_iterations"],
-                      encoder_mode=c["encoder_mode"], kappa=c["kappa"], seed=c["seed"], max_seconds=c["max_seconds"])
-    model_dir = Path(task["models"]) / task["name"].replace("/", "__")
+    prob = probationary_length(n, c.probationary)
+    series = values.reshape(-1, 1)
+    fit = fit_and_score(series[:prob], series, ["value"], Path(task["models"]) / model_folder(task["name"]), c.model,
+                        train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"], threads=task["threads"])
     started = time.monotonic()
-    fit_series_model(train, ["value"], model_dir, window=w, stride=1, transform=c["transform"], cfg=cfg,
-                     train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"], progress=False)
-    train_seconds = time.monotonic() - started
-    started = time.monotonic()
-    scorer = Scorer(model_dir, threads=task["threads"])
-    res = score_series(scorer, values.reshape(-1, 1), stride=1)
-    raw = point_scores(n, res["starts"], w, res["scores"])
-    likelihood = nab_likelihood(raw, values, c, prob)
+    raw = fit.points
+    likelihood = nab_likelihood(raw, values, task["config"], prob)
     return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
             "raw": raw.tolist(), "points": n,
-            "probationary": prob, "train_seconds": round(train_seconds, 1),
-            "score_seconds": round(time.monotonic() - started, 2)}
+            "probationary": prob, "train_seconds": round(fit.train_seconds, 1),
+            "score_seconds": round(fit.scores.seconds + time.monotonic() - started, 2)}
 
 
 def rescore_file(root: Path, results: Path, name: str, cfg: dict) -> dict:
@@ -237,16 +250,14 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root / "data")) for p in (root / "data").glob("*/*.csv"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stream-detector bench nab", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="NAB folder (data/, labels/combined_windows.json, config/)")
     p.add_argument("--limit", type=int, help="only the first N files (smoke runs; the score is then not NAB's)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-seconds", type=float, help=f"training budget per file (default {DEFAULT_CONFIG['max_seconds']})")
     p.add_argument("--iterations", type=int)
-    p.add_argument("--out", default="docs/benchmarks")
-    p.add_argument("--name", default="nab")
+    p.add_argument("--name", default="nab", help="output file stem (default nab)")
     p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
     p.add_argument("--combine", choices=COMBINE, help="'max_z': the larger of the model's rank and the rank of "
@@ -267,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-points", type=int, default=500, help="points per batch message (default 500)")
     v.add_argument("--worker-timeout", type=float, default=7200.0,
                    help="give up waiting for the worker's records after this many seconds (default 7200)")
-    return p
 
 
 def parse_likelihood_overrides(items: list[str]) -> dict:
@@ -393,14 +403,15 @@ def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(a: argparse.Namespace) -> Report:
+    """Train and score every file (or ``--rescore`` a run), NAB-score the corpus, plot the best
+    and worst file into ``--out``; ``--via-worker`` runs :func:`via_worker_main` instead."""
     import multiprocessing as mp
 
     import torch
 
     from ..errors import UserError
 
-    a = build_parser().parse_args(argv)
     root = Path(a.data)
     if not (root / "data").is_dir() or not (root / "labels" / "combined_windows.json").exists():
         raise UserError(f"{root} is not a NAB folder: need data/ and labels/combined_windows.json")
@@ -417,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["likelihood"] = dict(LIKELIHOOD, **parse_likelihood_overrides(a.likelihood))
     elif a.likelihood:
         raise UserError("--likelihood sets the parameters of --post likelihood")
+    try:
+        NabConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
+    except ConfigKeyError as e:
+        raise UserError(str(e)) from None
     files = _files(root)[: a.limit] if a.limit else _files(root)
     if a.via_worker:
         return via_worker_main(a, root, cfg, files)
@@ -454,10 +469,26 @@ def main(argv: list[str] | None = None) -> int:
     result["plots"] = [Path(p).name for p in plot_best_worst(root, rows, {p: dict(s, per_file={
         f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name,
         {"likelihood": "NAB score (log anomaly likelihood)", "rank": "NAB score (causal rank)"}[cfg["post"]])]
-    (out / f"{a.name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out / f"{a.name}.md").write_text(markdown(result))
-    print("; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()) + f"; written to {out / a.name}.json/.md")
-    return 0
+    return Report(a.name, result, markdown, "; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()))
+
+
+class NabBenchmark(Benchmark):
+    name = "nab"
+    description = __doc__.splitlines()[0]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> Report:
+        return run(args)
+
+
+BENCHMARK = NabBenchmark()
+build_parser = BENCHMARK.build_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return BENCHMARK.main(argv)
 
 
 # -- the same models through the worker ------------------------------------------------------------
@@ -499,7 +530,7 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nanmax(d)) if d.size and np.any(np.isfinite(d)) else 0.0
 
 
-def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[str]) -> int:
+def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[str]) -> Report:
     """``--via-worker``: each file's values through the real worker, its ``likelihood`` field against
     the offline post-processing of the same models' raw scores, and both NAB-scored alike.
 
@@ -513,12 +544,11 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     worker's, and the offline procedure counted in windows as the worker counts) are scored by
     the same in-memory NAB scoring with the threshold optimised per profile over the files.
     """
-    from ..runtime.card import load_card
     from ..errors import UserError
-    from ..runtime.scoring import Scorer, point_scores, score_series
+    from ..training.fit import score_with_model
     from .nab_scorer import probationary_length, score_arrays
     from .machine import cpu_model
-    from .via_worker import run_via_worker, write_report
+    from .via_worker import run_via_worker
 
     if cfg.get("combine", "none") != "none":
         raise UserError(f"--combine {cfg['combine']} is not supported via the worker: the worker applies one "
@@ -547,11 +577,10 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     for f in files:
         timestamps, values = read_nab_csv(root / "data" / f)
         mdir = models / model_folder(f)
-        w = load_card(mdir).window
         n = len(values)
         prob = probationary_length(n, cfg["probationary"])
-        res = score_series(Scorer(mdir, threads=a.threads), values.reshape(-1, 1), stride=1)
-        raw = point_scores(n, res["starts"], w, res["scores"])
+        scored = score_with_model(mdir, values.reshape(-1, 1), stride=1, threads=a.threads)
+        w, raw = scored.scorer.window, scored.points
         params = worker_likelihood_params(lik, prob, w)
         by_windows = np.full(n, 0.5)
         by_windows[w - 1:] = anomaly_likelihood(raw[w - 1:], **params)
@@ -630,13 +659,12 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     }
     if run.missing or run.timed_out:
         result["worker_log_tail"] = run.worker_log_tail
-    written = write_report(a.out, f"{a.name}_via_worker", result, via_worker_markdown(result))
-    print("; ".join(f"{p}: offline {scores['offline'][p]['score']:.2f}, worker {scores['worker'][p]['score']:.2f}"
-                    for p in scores["offline"]) + f"; largest likelihood difference "
-          f"{result['max_likelihood_difference']}; written to {written}.json/.md", flush=True)
     if run.missing:
         print(f"worker records missing after {a.worker_timeout:.0f} s: {run.missing}", flush=True)
-    return 0
+    return Report(f"{a.name}_via_worker", result, via_worker_markdown,
+                  "; ".join(f"{p}: offline {scores['offline'][p]['score']:.2f}, worker "
+                            f"{scores['worker'][p]['score']:.2f}" for p in scores["offline"])
+                  + f"; largest likelihood difference {result['max_likelihood_difference']}")
 
 
 def _g(x) -> str:

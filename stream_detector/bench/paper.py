@@ -41,7 +41,6 @@ and :func:`main` (takes the parsed namespace, or an argv list).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -54,6 +53,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .framework import Benchmark, Report, write_report
 from .machine import cpu_model
 
 PAPER = "Haloui et al., \"Anomaly detection with Wasserstein GAN\" (arXiv:1812.02463)"
@@ -110,7 +110,7 @@ def machine_info(jobs: int, threads: int) -> dict:
 
 
 def _data_root(root: str | Path | None) -> Path:
-    from ..data import data_root
+    from .datasets import data_root
 
     return Path(root) if root else data_root()
 
@@ -559,17 +559,16 @@ def markdown(results: dict) -> str:
 
 
 def write_results(results: dict, json_path: str | Path, md_path: str | Path) -> None:
-    """Write the result dict as JSON and as a Markdown table."""
-    for p in (json_path, md_path):
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
-    Path(md_path).write_text(markdown(results))
+    """Write the result dict as JSON and as a Markdown table (the framework's writer: one stem,
+    one folder, the machine added under ``host``)."""
+    json_path, md_path = Path(json_path), Path(md_path)
+    if json_path.with_suffix(".md") != md_path or json_path.suffix != ".json":
+        raise ValueError(f"{json_path} and {md_path}: expected <stem>.json and <stem>.md in one folder")
+    write_report(json_path.parent, Report(json_path.stem, results, markdown))
 
 
 # ------------------------------------------------------------------ command line
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m stream_detector.bench.paper",
-                                          description="Reproduce the MNIST / UCI HAR protocols of Haloui et al.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", choices=("mnist", "har"))
     p.add_argument("--digits", help="comma-separated anomalous digits (mnist; default all ten)")
     p.add_argument("--activities", help="comma-separated anomalous activities, names or 1..6 (har; default all six)")
@@ -593,13 +592,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="tuning run: drop the benchmark's test samples and use the next normal class as a "
                         "pseudo-anomaly inside the training pool (output tag defaults to _validation)")
     p.add_argument("--data", help="shared data folder (default $STREAM_DETECTOR_DATA or ../shared/data)")
-    p.add_argument("--out-dir", default="docs/benchmarks")
     p.add_argument("--tag", default="", help="suffix of the output files (paper_<benchmark><tag>.json/.md)")
     p.add_argument("--quiet", action="store_true")
-    return p
 
 
-def run_from_args(args: argparse.Namespace) -> dict:
+def run_from_args(args: argparse.Namespace) -> Report:
     overrides = {k: getattr(args, k) for k in ("iterations", "encoder_iterations", "arch", "width", "latent_dim",
                                                "encoder_mode", "kappa", "lr", "batch_size")}
     common = dict(seed=args.seed, jobs=args.jobs, threads=args.threads, limit_per_class=args.limit_per_class,
@@ -612,26 +609,39 @@ def run_from_args(args: argparse.Namespace) -> dict:
     else:
         acts = args.activities.split(",") if args.activities else None
         results = run_har(acts, transforms=args.transforms.split(","), **common)
-    out = Path(args.out_dir)
     stem = f"paper_{args.benchmark}{args.tag or ('_validation' if args.validation else '')}"
-    write_results(results, out / f"{stem}.json", out / f"{stem}.md")
     if not args.quiet:
         print(markdown(results))
-        print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}", file=sys.stderr)
-    return results
+    return Report(stem, results, markdown, None if args.quiet else "")
 
 
-def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    """Entry point: parsed arguments (from a parser built by :func:`build_parser`, as the
-    ``stream-detector bench paper`` sub-command does) or an argv list (``None``: ``sys.argv``)."""
-    if not isinstance(args, argparse.Namespace):
-        args = build_parser().parse_args(args)
-    try:
-        run_from_args(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+class PaperBenchmark(Benchmark):
+    name = "paper"
+    description = "Reproduce the MNIST / UCI HAR protocols of Haloui et al."
+    out_flags = ("--out", "--out-dir")  # --out-dir: the spelling of the reports' Reproduce lines before --out
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> Report:
+        return run_from_args(args)
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """A missing data file or a bad digit/activity is one ``error:`` line and status 2."""
+        try:
+            return super().main(argv)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+BENCHMARK = PaperBenchmark()
+build_parser = BENCHMARK.build_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``stream-detector bench paper mnist|har [options]`` (``None``: ``sys.argv``)."""
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

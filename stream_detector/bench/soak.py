@@ -1,8 +1,9 @@
 """Long runs and overload of the real worker: ``stream-detector bench soak`` and ``bench overload``.
 
-Both runners put the real worker (:class:`~stream_detector.runtime.worker.WorkerProcess`, a child
+Both runners put the real worker (:class:`~stream_detector.bench.worker_process.WorkerProcess`, a child
 process running Faust) on the embedded broker under a live fleet of sources, and write
-JSON, Markdown and a PNG to ``docs/benchmarks/`` (``soak.*``, ``overload.*``).
+JSON, Markdown and a PNG to ``--out`` (``soak.*``, ``overload.*``; the committed ones are in
+``docs/benchmarks/``).
 
 1. **The maximum**, measured at the start of the same run unless ``--max-points-per-s`` gives
    it: a topic pre-loaded with ``--max-points-per-source`` points of every source, in the
@@ -64,6 +65,8 @@ import msgpack
 import numpy as np
 
 from . import throughput as tp
+
+from .framework import Benchmark, Report, error
 
 DEFAULT_SOURCES = 10_000
 RSS_GROWTH_TARGET = 0.05  # soak: RSS growth after the warm-up, at most
@@ -361,7 +364,7 @@ async def _read_windows(bootstrap: str, topic: str, index: dict[bytes, int], exp
     then ``settle`` seconds more for duplicates."""
     from aiokafka import AIOKafkaConsumer
 
-    from ..runtime.codec import decode_record
+    from ..runtime.publishing import decode_record
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
@@ -510,7 +513,7 @@ def measure_max(broker, model: Path, card, args: argparse.Namespace, workdir: Pa
 def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
     from ..runtime.card import load_card
-    from ..runtime.worker import WorkerProcess
+    from .worker_process import WorkerProcess
 
     workdir = Path(args.workdir)
     model = Path(args.model)
@@ -761,9 +764,8 @@ def _worker_setting(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser(mode: str) -> argparse.ArgumentParser:
+def add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     d = MODES[mode]
-    p = argparse.ArgumentParser(prog=f"stream-detector bench {mode}", description=__doc__.splitlines()[0])
     p.add_argument("--sources", type=int, default=DEFAULT_SOURCES)
     p.add_argument("--duration", type=float, default=d["duration"], help=f"seconds of the live phase (default {d['duration']:g})")
     p.add_argument("--factor", type=float, default=d["factor"], help=f"offered load / maximum (default {d['factor']:g})")
@@ -789,10 +791,8 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                    help="seconds to wait for the worker to catch up after the live phase (default 300, overload 10 x duration)")
     p.add_argument("--set", dest="worker_settings", action="append", type=_worker_setting, default=[],
                    metavar="KEY=VALUE", help="worker config for every worker of the run (repeatable)")
-    p.add_argument("--out", default=str(tp.DEFAULT_OUT), help="folder for the JSON, Markdown and PNG (default docs/benchmarks)")
     p.add_argument("--tag", default="", help=f"suffix of the file names ({mode}TAG.json, .md, .png)")
     p.add_argument("--workdir", default=None, help="worker configs and logs (default: a temporary folder)")
-    return p
 
 
 def verdicts_again(path: str, mode: str) -> dict[str, Any]:
@@ -808,10 +808,9 @@ def verdicts_again(path: str, mode: str) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None, mode: str = "soak") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(mode).parse_args(argv)
-    args.command = shlex.join(["stream-detector", "bench", mode, *argv])
+def run_from_args(args: argparse.Namespace, mode: str) -> Report | int:
+    """Check the arguments (an ``error:`` line and status 2 for a bad one), run (or recompute
+    ``--again``), plot into ``--out``, report."""
     args.worker_settings = dict(args.worker_settings)
     from ..runtime.card import load_card
     from ..errors import UserError
@@ -819,13 +818,11 @@ def main(argv: list[str] | None = None, mode: str = "soak") -> int:
     try:
         card = load_card(Path(args.model))
     except (UserError, OSError, ValueError) as e:
-        print(f"error: --model {args.model}: {e}", file=sys.stderr)
-        return 2
+        return error(f"--model {args.model}: {e}")
     if args.batch_points is None:
         args.batch_points = card.window
     if args.sources < 1 or args.duration <= 0 or args.batch_points < 1 or not 0 <= args.warmup < 0.9:
-        print("error: --sources, --duration and --batch-points must be positive, --warmup in [0, 0.9)", file=sys.stderr)
-        return 2
+        return error("--sources, --duration and --batch-points must be positive, --warmup in [0, 0.9)")
     if args.sample_seconds is None:
         args.sample_seconds = max(1.0, args.duration / 120)
     if args.slice_seconds is None:
@@ -841,24 +838,51 @@ def main(argv: list[str] | None = None, mode: str = "soak") -> int:
     try:
         res = verdicts_again(args.again, mode) if args.again else run(args, mode)
     except (OSError, ValueError, KeyError) as e:  # a bad --again file
-        print(f"error: --again {args.again}: {e!r}", file=sys.stderr)
-        return 2
+        return error(f"--again {args.again}: {e!r}")
     finally:
         if tmp is not None:
             tmp.cleanup()
     name = f"{mode}{args.tag}"
     png = out / f"{name}.png"
     plot(res, png)
-    (out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / f"{name}.md").write_text(markdown(res, png.name))
     w, r = res["windows"], res["rss"]
     verdict = (f"RSS growth after warm-up {r['growth']:+.1%} (target < {r['target']:.0%}: "
                f"{'met' if r['target_met'] else 'missed'})" if mode == "soak" and "growth" in r else
                f"RSS bounded: {r.get('bounded')} (peak {_mib(r.get('peak_rss_bytes'))} MiB), "
                f"drained in {res['drain']['seconds_after_live_phase']} s" if mode == "overload" else "")
-    print(f"{mode}: {w['scored_unique']:,} of {w['expected']:,} windows scored ({w['missing']:,} missing, "
-          f"{w['duplicates']:,} duplicates); {verdict}; wrote {out / (name + '.json')}, .md, .png", flush=True)
-    return 0
+    return Report(name, res, lambda r: markdown(r, png.name),
+                  f"{mode}: {w['scored_unique']:,} of {w['expected']:,} windows scored ({w['missing']:,} missing, "
+                  f"{w['duplicates']:,} duplicates); {verdict}; plot {png}")
+
+
+class SoakBenchmark(Benchmark):
+    """``soak`` and ``overload``: one runner, two modes (defaults in :data:`MODES`)."""
+
+    description = __doc__.splitlines()[0]
+
+    def __init__(self, mode: str):
+        self.name = mode
+        self.mode = mode
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser, self.mode)
+
+    def parse(self, argv=None) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = super().parse(argv)
+        args.command = shlex.join(["stream-detector", "bench", self.mode, *argv])  # the report's Reproduce line
+        return args
+
+    def run(self, args: argparse.Namespace) -> Report | int:
+        return run_from_args(args, self.mode)
+
+
+def build_parser(mode: str = "soak") -> argparse.ArgumentParser:
+    return SoakBenchmark(mode).build_parser()
+
+
+def main(argv: list[str] | None = None, mode: str = "soak") -> int:
+    return SoakBenchmark(mode).main(argv)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,14 @@ import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..training.fit import ConfigKeyError, SeriesModelConfig
 from . import machine
+from .framework import Benchmark, Report
 
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
                      "TadGAN (Geiger et al. 2020)": 0.573}
@@ -52,6 +55,25 @@ DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, 
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
                       telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
                       telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, seed=0)
+# keys of the flat configuration that are the runner's own (channels read, thresholds, evaluation)
+RUNNER_KEYS = tuple(k for k in DEFAULT_CONFIG if k.startswith(("telemanom_", "dynamic_"))) + (
+    "channels", "pot_risk", "merge_gap")
+
+
+@dataclass(frozen=True)
+class TelemanomConfig:
+    """The one configuration for every channel, typed: the model (:class:`SeriesModelConfig`,
+    its training a :class:`~stream_detector.training.wgan.TrainConfig`) and the runner's own
+    settings, kept flat (``runner``) as :func:`method_flags` reads them.  Reports keep the flat
+    mapping; :meth:`from_dict` reads it and names a key that belongs to neither."""
+
+    model: SeriesModelConfig
+    runner: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TelemanomConfig:
+        model, runner = SeriesModelConfig.from_flat(d, RUNNER_KEYS)
+        return cls(model, {**{k: DEFAULT_CONFIG[k] for k in RUNNER_KEYS}, **runner})
 
 
 def channel_ids(data_dir: Path, spacecraft: str | None) -> list[str]:
@@ -84,38 +106,27 @@ def run_channel(task: dict) -> dict:
     """Train, score and evaluate one channel (runs in a worker process)."""
     import torch
 
-    from ..training.fit import fit_series_model
-    from ..runtime.scoring import Scorer, point_scores, score_series
-    from ..training.wgan import TrainConfig
+    from ..training.fit import fit_and_score, score_with_model
 
     torch.set_num_threads(task["threads"])
     c, d, chan = task["config"], Path(task["data"]), task["channel"]
+    model = TelemanomConfig.from_dict(c).model
     train_all = np.load(d / "train" / f"{chan}.npy").astype(np.float32)
     test_all = np.load(d / "test" / f"{chan}.npy").astype(np.float32)
     cols = _columns(c["channels"], train_all.shape[1])
     train, test = train_all[:, cols], test_all[:, cols]
-    window = c["window"]
-    calib_points = max(int(0.2 * len(train)), window + 50)
+    calib_points = max(int(0.2 * len(train)), model.window + 50)
     fraction = 1.0 - calib_points / len(train)
-    cfg = TrainConfig(arch=c["arch"], width=c["width"], latent_dim=c["latent_dim"], iterations=c["iterations"],
-                      encoder_iterations=c["encoder_iterations"], encoder_mode=c["encoder_mode"], kappa=c["kappa"],
-                      seed=c["seed"], max_seconds=c["max_seconds"])
-    model_dir = Path(task["models"]) / chan
-    started = time.monotonic()
-    card = fit_series_model(train, [f"c{i}" for i in cols], model_dir, window=window, stride=1,
-                            transform=c["transform"], cfg=cfg, train_fraction=fraction, name=chan, progress=False,
-                            source=f"{d.name}/train/{chan}.npy")
-    train_seconds = time.monotonic() - started
-    started = time.monotonic()
-    scorer = Scorer(model_dir, threads=task["threads"])
-    res = score_series(scorer, test, stride=1)
-    scores = point_scores(len(test), res["starts"], window, res["scores"])
-    score_seconds = time.monotonic() - started
-    calib = score_series(scorer, train[len(train) - calib_points:], stride=1)["scores"]
+    fit = fit_and_score(train, test, [f"c{i}" for i in cols], Path(task["models"]) / chan, model,
+                        train_fraction=fraction, name=chan, source=f"{d.name}/train/{chan}.npy",
+                        threads=task["threads"])
+    card, scores = fit.card, fit.points
+    calib = score_with_model(fit.scores.scorer, train[len(train) - calib_points:], stride=1).windows["scores"]
     saved = {"test_scores": scores, "calibration_scores": np.asarray(calib, dtype=np.float64),
              "quantile_threshold": card.threshold["value"], "release": card.threshold["release"],
-             "train_points": len(train), "train_seconds": train_seconds, "score_seconds": score_seconds,
+             "train_points": len(train), "train_seconds": fit.train_seconds, "score_seconds": fit.scores.seconds,
              "stopped_early_by_budget": bool(card.training["stopped_early_by_budget"])}
+    model_dir = Path(task["models"]) / chan
     if task.get("keep_scores"):
         np.save(model_dir / "test_scores.npy", scores)
         np.savez(model_dir / "scores.npz", **saved)
@@ -151,7 +162,9 @@ def _labels(data: Path, chan: str, n: int) -> tuple[list, np.ndarray]:
 
 def method_flags(saved: dict, c: dict, methods: tuple[str, ...] = METHODS) -> tuple[dict, dict]:
     """``(static thresholds, per-point flags per method)`` from a channel's saved raw scores."""
-    from ..training.calibration import dynamic_threshold_flags, hysteresis_flags, pot_threshold, telemanom_flags
+    from ..runtime.episodes import hysteresis_flags
+    from ..runtime.thresholds import dynamic_threshold_flags, telemanom_flags
+    from ..training.calibration import pot_threshold
 
     scores = np.asarray(saved["test_scores"], dtype=np.float64)
     calib = np.asarray(saved["calibration_scores"], dtype=np.float64)
@@ -259,8 +272,7 @@ def _plots(result: dict, data: Path, models: Path, out: Path) -> list[str]:
     return written
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stream-detector bench telemanom", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder with train/, test/ and labeled_anomalies.csv")
     p.add_argument("--spacecraft", default="SMAP", help="rows of labeled_anomalies.csv to use ('' for all)")
     p.add_argument("--limit", type=int, help="only the first N channels (smoke runs)")
@@ -271,7 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int)
     p.add_argument("--window", type=int)
     p.add_argument("--transform", choices=["sequence", "distance-plot"])
-    p.add_argument("--out", default="docs/benchmarks", help="folder for <name>.json/.md and plots")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
     p.add_argument("--rescore", metavar="DIR",
@@ -289,13 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-points", type=int, default=500, help="points per input message (default 500)")
     v.add_argument("--worker-timeout", type=float, default=1800.0,
                    help="seconds to wait for the worker's records before reporting what is missing")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(a: argparse.Namespace) -> Report:
+    """Train, score and threshold every channel (or ``--rescore`` a run), plot the best and worst
+    channel into ``--out``; ``--via-worker`` runs :func:`via_worker_main` instead."""
     from ..errors import UserError
 
-    a = build_parser().parse_args(argv)
     data = Path(a.data)
     for need in ("train", "test", "labeled_anomalies.csv"):
         if not (data / need).exists():
@@ -306,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg[key] = getattr(a, key)
     if a.iterations:
         cfg["encoder_iterations"] = a.iterations
+    try:
+        TelemanomConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
+    except ConfigKeyError as e:
+        raise UserError(str(e)) from None
     chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
     chans = chans[: a.limit] if a.limit else chans
     if a.via_worker:
@@ -357,12 +372,28 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = _plots(result, data, models, out)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
     s = result["summary"]["methods"]
-    print("; ".join(f"{m}: event F1 {s[m]['f1']:.3f} (P {s[m]['precision']:.3f} R {s[m]['recall']:.3f})"
-                    for m in METHODS) + f"; written to {out / name}.json/.md")
-    return 0
+    return Report(name, result, markdown, "; ".join(
+        f"{m}: event F1 {s[m]['f1']:.3f} (P {s[m]['precision']:.3f} R {s[m]['recall']:.3f})" for m in METHODS))
+
+
+class TelemanomBenchmark(Benchmark):
+    name = "telemanom"
+    description = __doc__.splitlines()[0]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> Report:
+        return run(args)
+
+
+BENCHMARK = TelemanomBenchmark()
+build_parser = BENCHMARK.build_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return BENCHMARK.main(argv)
 
 
 # -- the same models through the worker ------------------------------------------------------------
@@ -406,11 +437,11 @@ def _totals(reports: list[dict]) -> dict:
             "mean_point_adjusted_f1": float(np.mean([r["point_adjusted_f1"] for r in reports])) if reports else 0.0}
 
 
-def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[str]) -> int:
+def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[str]) -> Report:
     """``--via-worker``: the test splits through the real worker vs the offline thresholds."""
     from ..runtime.card import load_card
     from ..errors import UserError
-    from .via_worker import run_via_worker, write_report
+    from .via_worker import run_via_worker
 
     if not a.models:
         raise UserError("--via-worker needs --models DIR: the per-channel models of an earlier run "
@@ -484,15 +515,13 @@ def via_worker_main(a: argparse.Namespace, data: Path, cfg: dict, chans: list[st
     }
     if run.missing or run.timed_out:  # what the worker was doing when the wait gave up
         result["worker_log_tail"] = run.worker_log_tail
-    written = write_report(a.out, f"{name}_via_worker", result, via_worker_markdown(result))
     t = result["totals"]
-    print(f"{method}: event F1 offline {t['offline']['f1']:.3f}, via the worker {t['worker']['f1']:.3f}; "
-          f"{len(result['channels_with_different_detections'])} of {len(chans)} channels detect differently; "
-          f"written to {written}.json/.md")
-    missing = run.missing
-    if missing:
-        print(f"worker records missing after {a.worker_timeout:.0f} s: {missing}", flush=True)
-    return 0
+    if run.missing:
+        print(f"worker records missing after {a.worker_timeout:.0f} s: {run.missing}", flush=True)
+    return Report(f"{name}_via_worker", result, via_worker_markdown,
+                  f"{method}: event F1 offline {t['offline']['f1']:.3f}, via the worker {t['worker']['f1']:.3f}; "
+                  f"{len(result['channels_with_different_detections'])} of {len(chans)} channels detect "
+                  "differently")
 
 
 def via_worker_markdown(result: dict) -> str:

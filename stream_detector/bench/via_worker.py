@@ -24,7 +24,6 @@ for forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -58,15 +57,6 @@ def window_flags_to_points(n_points: int, end_idx: np.ndarray, flags: np.ndarray
     ok = idx >= 0
     out[ok] = np.asarray(flags, dtype=bool)[idx[ok]]
     return out
-
-
-def write_report(out: str | Path, stem: str, result: dict, markdown: str) -> Path:
-    """``<out>/<stem>.json`` and ``.md`` of a via-worker comparison; returns ``<out>/<stem>``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out / f"{stem}.md").write_text(markdown)
-    return out / stem
 
 
 def route_spec(card: ModelCard, threshold: Mapping) -> dict:
@@ -247,7 +237,7 @@ async def _exchange(bootstrap: str, topic_in: str, topic_scores: str, topic_aler
     seconds, and whether it gave up before every expected record came."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from ..runtime.codec import decode_record
+    from ..runtime.publishing import decode_record
 
     consumer = AIOKafkaConsumer(topic_scores, topic_alerts, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
@@ -361,7 +351,8 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
     from ..runtime.config import WorkerConfig
     from ..runtime.repository import parse_routes
     from ..runtime.scoring import window_starts
-    from ..runtime.worker import WorkerProcess, ensure_topics
+    from ..runtime.worker import ensure_topics
+    from .worker_process import WorkerProcess
 
     if set(models) != set(series):
         raise ValueError(f"models and series name different sources: {sorted(set(models) ^ set(series))}")
