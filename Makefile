@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[train,dev,test]"
+	$(BIN)/pip install -q -e ".[train,bench,dev,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,8 +10,9 @@ small batches a fetch at the head of a partition took 8 ms at 50,000 messages an
 400,000, and a 20-minute soak of 10,000 sources sending every 10 ms stalled after 14 minutes
 on the broker, not the worker (``docs/benchmarks/soak_small_batches.md``).
 
->>> with EmbeddedBroker(topics={"telemetry": 4}) as broker:   # doctest: +SKIP
-...     app = make_app(broker=broker.url)                      # kafka://127.0.0.1:PORT
+>>> with EmbeddedBroker(topics={"telemetry": 4}) as broker:   # starts Tansu: about a second
+...     broker.url.startswith("kafka://127.0.0.1:")            # the worker's ``broker`` setting
+True
 
 The broker listens on loopback only, on a free port unless one is given.  Topics are
 created explicitly before anyone produces to them: Tansu auto-creates unknown topics with
@@ -24,8 +25,9 @@ reaches the worker first, which then stops the broker), is stopped on context ex
 With ``tls_cert``/``tls_key`` and/or ``users`` the broker wants TLS and/or a SASL SCRAM login,
 served by a loopback proxy in this process because Tansu 0.6 can do neither itself:
 
->>> EmbeddedBroker(tls_cert="server.pem", tls_key="server.key",         # doctest: +SKIP
-...                users={"detector": "s3cret"}).security_protocol      # 'SASL_SSL'
+>>> EmbeddedBroker(tls_cert="server.pem", tls_key="server.key",         # not started yet
+...                users={"detector": "s3cret"}).security_protocol
+'SASL_SSL'
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def test_security_rules_name_the_key(tmp_path):
         load_config(env=env)
     cfg = load_config(env={**env, "STREAM_DETECTOR_SASL_PASSWORD": "s3cret"})
     assert cfg.security_protocol == "SASL_SSL" and cfg.sasl_mechanism == "SCRAM-SHA-512"
-    assert "s3cret" not in repr(cfg) and cfg.redacted()["sasl_password"] == "***"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg)
     kw = cfg.aiokafka_security_kwargs()
     assert kw["sasl_plain_password"] == "s3cret" and kw["security_protocol"] == "SASL_SSL" and "ssl_context" in kw
     with pytest.raises(ConfigError, match="config key 'sasl_mechanism'"):

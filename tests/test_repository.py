@@ -7,6 +7,7 @@ agent drives it (the embedded-broker tests are in ``test_serving.py``).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_routing_micro_batches_per_model_and_no_model_dead_letters(sequence_mode
     ts = 1.7e9 + np.arange(64.0)
     vals = series(64, 0, chans)
     msgs = messages("L-1", ts, vals, 64) + messages("R-1", ts, vals, 64) + messages("X-1", ts, vals, 64)
-    prepared = det.ingest(msgs)
+    (prepared,) = det.ingest_parts(msgs, max_windows=math.inf)
     assert sorted(prepared.groups) == ["left:1", "right:3"]
     out = det.finish(prepared, det.score(prepared))
     recs = records(out)

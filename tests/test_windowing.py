@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_detector.runtime.codec import InvalidMessage
-from stream_detector.runtime.windowing import SourceWindows, WindowBatch, WindowRouter
+from stream_detector.runtime.windowing import SourceWindows, WindowBatch
 
 
 def stream(n, c=3, seed=0, dt=1.0):
@@ -81,7 +81,6 @@ def test_gap_resets_the_buffer(chunked):
     a, b = expected(ts1, v1, w, s), expected(ts2, v2, w, s)
     np.testing.assert_array_equal(out.start_ts, np.concatenate([a[0], b[0]]))
     np.testing.assert_array_equal(out.values, np.concatenate([a[2], b[2]]))
-    assert sw.resets == 1
     # Without max_gap the runs are stitched together.
     out2 = feed(SourceWindows(w, s, 3), ts, vals, chunks)
     assert len(out2) == (len(ts) - w) // s + 1
@@ -170,26 +169,12 @@ def test_last_values_for_imputation():
     assert SourceWindows.from_state(one.state()).last_values().tolist() == [5, 6]  # W=1 still keeps one point
 
 
-def test_router_persists_through_a_table_and_drops_incompatible_state():
-    table: dict[str, dict] = {}
-    ts, vals = stream(40)
-    r1 = WindowRouter(8, 4, ["a", "b", "c"], loader=table.get, saver=table.__setitem__)
-    out1 = r1.push("s1", ts[:20], vals[:20], offset=5)
-    assert set(table) == {"s1"} and table["s1"]["last_offset"] == 5
-    # A "restarted worker": fresh router, same table.
-    r2 = WindowRouter(8, 4, ["a", "b", "c"], loader=table.get, saver=table.__setitem__)
-    out2 = r2.push("s1", ts[20:], vals[20:])
-    both = np.concatenate([out1.values, out2.values])
-    np.testing.assert_array_equal(both, expected(ts, vals, 8, 4)[2])
-    assert r2.get("s1").last_offset == 5
-    # A model with other channels (same count) must not reuse the buffer.
-    r3 = WindowRouter(8, 4, ["a", "b", "zz"], loader=table.get)
-    assert r3.get("s1").buffered == 0 and r3.dropped_states == 1
-    r4 = WindowRouter(16, 4, ["a", "b", "c"], loader=table.get)
-    assert r4.get("s1").buffered == 0 and r4.dropped_states == 1
-    # Eviction of idle sources.
-    r2.push("s2", ts[:3] + 500, vals[:3])
-    assert r2.evict_idle(before_ts=1200.0) == ["s1"] and "s2" in r2 and len(r2) == 1
+def test_a_buffer_is_reused_only_by_a_model_of_the_same_shape():
+    """The worker keeps a source's buffer across a model version only when window, stride and
+    channel count match (detector._reconcile); any other shape restarts it."""
+    sw = SourceWindows(8, 4, 3)
+    assert sw.compatible_with(8, 4, 3)
+    assert not sw.compatible_with(16, 4, 3) and not sw.compatible_with(8, 2, 3) and not sw.compatible_with(8, 4, 2)
 
 
 @pytest.mark.parametrize("max_gap", [None, 3.5])

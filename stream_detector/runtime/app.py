@@ -298,7 +298,6 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
     table_ref.append(table)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
     publisher = Publisher(app, table, scores_topic, alerts_topic, dead_topic)
-    app.detector = detector  # for tests and the CLI
 
     @app.agent(input_topic, name="detect")
     async def detect(stream):
@@ -439,7 +438,7 @@ def create_app(cfg: WorkerConfig, detector: Detector | None = None) -> faust.App
     @app.task
     async def start_metrics() -> None:
         if cfg.metrics_port:
-            app.metrics_server = metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            metrics.serve(cfg.metrics_host, cfg.metrics_port)  # a daemon thread serves it until exit
         log.info("stream-detector: serving %s; input topic %r",
                  ", ".join(f"{s.name}:{s.version} ({s.scorer.provider})" for s in detector.served.values()),
                  cfg.topic_input)

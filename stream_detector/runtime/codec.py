@@ -41,6 +41,8 @@ __all__ = [
     "PointDecoder",
     "encode_points",
     "check_format",
+    "check_timestamp",
+    "check_timestamps",
     "detect_format",
 ]
 
@@ -229,8 +231,7 @@ class PointDecoder:
 
     def _single(self, ts: float, vals: dict, last_values: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         ts = _to_float(ts)
-        if not math.isfinite(ts):
-            raise InvalidMessage("bad_value", "'ts' is not a finite number")
+        check_timestamp(ts)
         row = np.empty((1, len(self.channels)), dtype=np.float32)
         missing: list[int] = []
         for j, ch in enumerate(self.channels):
@@ -255,13 +256,7 @@ class PointDecoder:
         if n == 0:
             raise InvalidMessage("bad_shape", "empty batch ('ts' is [])")
         ts = _numeric_array(ts_list, "'ts'")
-        if not np.isfinite(ts).all():
-            raise InvalidMessage("bad_value", "'ts' holds NaN or inf")
-        # Compared, not subtracted: np.diff overflows (a RuntimeWarning, an exception under
-        # -W error) for timestamps more than float64's max apart, e.g. [-1.7e308, 1.7e308].
-        if n > 1 and not (ts[1:] > ts[:-1]).all():
-            i = int(np.flatnonzero(ts[1:] <= ts[:-1])[0])
-            raise InvalidMessage("ts_not_increasing", f"ts[{i + 1}]={ts[i + 1]!r} <= ts[{i}]={ts[i]!r}")
+        check_timestamps(ts)
         out = np.empty((n, len(self.channels)), dtype=np.float32)
         missing: list[int] = []
         for j, ch in enumerate(self.channels):  # a loop over channels, never over points
@@ -320,6 +315,38 @@ def _numeric_array(seq: list, what: str) -> np.ndarray:
     if ((arr == 0) | (arr == 1)).any() and bool in map(type, seq):
         raise InvalidMessage("bad_value", f"{what} holds non-numeric items")
     return arr.astype(np.float64, copy=False)
+
+
+# -- the timestamp rule ----------------------------------------------------------------------
+def check_timestamp(t: float, after: float | None = None) -> None:
+    """One point's timestamp: finite, and later than ``after`` (the source's last), else
+    :class:`InvalidMessage`.  The scalar form of :func:`check_timestamps` for the
+    single-point path."""
+    if not math.isfinite(t):
+        raise InvalidMessage("bad_value", "'ts' holds NaN or inf")
+    if after is not None and t <= after:
+        raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {after!r}")
+
+
+def check_timestamps(ts: np.ndarray, after: float | None = None) -> None:
+    """The timestamp rule for a batch: all finite, strictly increasing, and the first later than
+    ``after`` (the source's last, when the caller knows it), else :class:`InvalidMessage`.
+    The decoder checks a message with it and the window buffer checks a push against its source.
+
+    >>> check_timestamps(np.array([1.0, 2.0, 2.0]))
+    Traceback (most recent call last):
+    ...
+    stream_detector.runtime.codec.InvalidMessage: ts_not_increasing: ts[2]=2.0 <= ts[1]=2.0
+    """
+    if not np.isfinite(ts).all():
+        raise InvalidMessage("bad_value", "'ts' holds NaN or inf")
+    if after is not None and len(ts) and ts[0] <= after:
+        raise InvalidMessage("ts_not_increasing", f"ts {float(ts[0])!r} <= the source's last ts {after!r}")
+    # Compared, not subtracted: np.diff overflows (a RuntimeWarning, an exception under
+    # -W error) for timestamps more than float64's max apart, e.g. [-1.7e308, 1.7e308].
+    if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():
+        i = int(np.flatnonzero(ts[1:] <= ts[:-1])[0])
+        raise InvalidMessage("ts_not_increasing", f"ts[{i + 1}]={float(ts[i + 1])!r} <= ts[{i}]={float(ts[i])!r}")
 
 
 # -- input messages (producers, replay, tests) ------------------------------------------------

@@ -164,13 +164,6 @@ class WorkerConfig:
             username=self.sasl_username, password=self.sasl_password, ssl_context=ctx, mechanism=self.sasl_mechanism
         )
 
-    def redacted(self) -> dict[str, Any]:
-        """The settings as a dict with the password hidden, for logs."""
-        d = dataclasses.asdict(self)
-        if d.get("sasl_password"):
-            d["sasl_password"] = "***"
-        return d
-
 
 # -- value parsers: (raw value, came_from_env) -> value, or raise _Bad(expected) -------------------
 class _Bad(Exception):

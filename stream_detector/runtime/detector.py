@@ -402,11 +402,6 @@ class Detector:
         metrics.DEAD_LETTERS.labels(exc.reason).inc()
         metrics.MESSAGES.labels("dead_letter").inc()
 
-    def ingest(self, messages: Sequence[InMessage]) -> Prepared:
-        """All windows of ``messages`` in one :class:`Prepared` (one part, no window cap)."""
-        (prepared,) = self.ingest_parts(messages, max_windows=math.inf)
-        return prepared
-
     def ingest_parts(self, messages: Sequence[InMessage], max_windows: float | None = None) -> Iterator[Prepared]:
         """Route, decode and window ``messages`` in order, yielding a :class:`Prepared` as soon as
         it holds ``max_windows`` windows (default ``batch_max_windows``; ``math.inf``: no cap),
@@ -659,7 +654,7 @@ class Detector:
 
     def process(self, messages: Sequence[InMessage], keep_dicts: bool = False) -> Outgoing:
         """All three steps in one call (tests, offline use)."""
-        prepared = self.ingest(messages)
+        (prepared,) = self.ingest_parts(messages, max_windows=math.inf)  # one part, no window cap
         out = self.finish(prepared, self.score(prepared), keep_dicts=keep_dicts)
         out.states = self.states(prepared.touched)
         return out

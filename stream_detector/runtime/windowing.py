@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .codec import InvalidMessage
+from .codec import check_timestamp, check_timestamps
 
-__all__ = ["Window", "WindowBatch", "SourceWindows", "WindowRouter", "STATE_VERSION"]
+__all__ = ["Window", "WindowBatch", "SourceWindows", "STATE_VERSION"]
 
 STATE_VERSION = 1
 
@@ -88,7 +87,7 @@ class SourceWindows:
     """
 
     __slots__ = ("window", "stride", "n_channels", "max_gap_seconds", "last_offset",
-                 "_ts", "_vals", "_head", "_size", "_need", "_last_ts", "_resets")
+                 "_ts", "_vals", "_head", "_size", "_need", "_last_ts")
 
     def __init__(self, window: int, stride: int, n_channels: int, max_gap_seconds: float | None = None) -> None:
         if int(window) < 1 or int(stride) < 1 or int(n_channels) < 1:
@@ -108,7 +107,6 @@ class SourceWindows:
         self._size = 0        # valid rows (<= W)
         self._need = self.window  # points until the next window ends
         self._last_ts: float | None = None
-        self._resets = 0      # gap resets so far (not persisted; for metrics)
 
     # -- inspection ------------------------------------------------------------------------
     @property
@@ -120,11 +118,6 @@ class SourceWindows:
     def buffered(self) -> int:
         """Points currently in the ring buffer (at most ``W``)."""
         return self._size
-
-    @property
-    def resets(self) -> int:
-        """Gap resets since this object was created (not part of the persisted state)."""
-        return self._resets
 
     def last_values(self) -> np.ndarray | None:
         """The last accepted point's values (float32 ``[C]``), e.g. for imputation."""
@@ -163,15 +156,8 @@ class SourceWindows:
             return self._empty()
         if n == 1:
             return self._push_single(float(ts[0]), values[0])
-        if not np.isfinite(ts).all():
-            raise InvalidMessage("bad_value", "timestamps must be finite")
-        # Validate everything before touching state, so a rejected push changes nothing.
-        if self._last_ts is not None and ts[0] <= self._last_ts:
-            raise InvalidMessage("ts_not_increasing", f"ts {ts[0]!r} <= the source's last ts {self._last_ts!r}")
+        check_timestamps(ts, self._last_ts)  # before touching state: a rejected push changes nothing
         dt = np.diff(ts)
-        if not (dt > 0).all():
-            i = int(np.flatnonzero(dt <= 0)[0])
-            raise InvalidMessage("ts_not_increasing", f"ts[{i + 1}]={ts[i + 1]!r} <= ts[{i}]={ts[i]!r}")
 
         cuts: list[int] = []  # indices whose point starts a fresh stream (gap before it)
         if self.max_gap_seconds is not None:
@@ -194,10 +180,7 @@ class SourceWindows:
 
     def _push_single(self, t: float, row: np.ndarray) -> WindowBatch:
         """One point, checked (finite, after the source's last) before any state changes."""
-        if not math.isfinite(t):
-            raise InvalidMessage("bad_value", "timestamps must be finite")
-        if self._last_ts is not None and t <= self._last_ts:
-            raise InvalidMessage("ts_not_increasing", f"ts {t!r} <= the source's last ts {self._last_ts!r}")
+        check_timestamp(t, self._last_ts)
         return self._push_one(t, row)
 
     def _empty(self) -> WindowBatch:
@@ -216,7 +199,6 @@ class SourceWindows:
         self._size = 0
         self._head = 0
         self._need = self.window
-        self._resets += 1
 
     def _push_one(self, t: float, row: np.ndarray) -> WindowBatch:
         """The single-point path: one ring write, at most one window gather."""
@@ -324,99 +306,3 @@ class SourceWindows:
 def channels_fingerprint(channels: Sequence[str]) -> str:
     """A short id of a channel list (order matters), to tell whether saved state still fits."""
     return hashlib.sha256("\x1f".join(channels).encode()).hexdigest()[:16]
-
-
-class WindowRouter:
-    """Windows for many sources: an in-memory cache of :class:`SourceWindows` by source id.
-
-    ``loader(source) -> state dict | None`` is asked the first time a source is seen (a
-    Faust table's ``get``, after a restart or rebalance); saved state whose window, stride,
-    channel count or channel fingerprint no longer matches the model is dropped, and the
-    source starts fresh.  ``saver(source, state_dict)`` is called after every accepted
-    push if given.  Call :meth:`forget` for sources of revoked partitions.
-    """
-
-    def __init__(
-        self,
-        window: int,
-        stride: int,
-        channels: Sequence[str],
-        max_gap_seconds: float | None = None,
-        loader: Callable[[str], dict | None] | None = None,
-        saver: Callable[[str, dict], None] | None = None,
-    ) -> None:
-        self.window, self.stride = int(window), int(stride)
-        self.channels = tuple(channels)
-        self.max_gap_seconds = max_gap_seconds
-        self.fingerprint = channels_fingerprint(self.channels)
-        self.loader, self.saver = loader, saver
-        self._sources: dict[str, SourceWindows] = {}
-        self.dropped_states = 0  # saved states discarded as incompatible or malformed
-
-    def __len__(self) -> int:
-        return len(self._sources)
-
-    def __contains__(self, source: str) -> bool:
-        return source in self._sources
-
-    def get(self, source: str) -> SourceWindows:
-        """The source's windows, loading saved state or starting fresh."""
-        sw = self._sources.get(source)
-        if sw is None:
-            sw = self._load(source) or SourceWindows(self.window, self.stride, len(self.channels), self.max_gap_seconds)
-            self._sources[source] = sw
-        return sw
-
-    def _load(self, source: str) -> SourceWindows | None:
-        state = self.loader(source) if self.loader is not None else None
-        if not state:
-            return None
-        try:
-            if state.get("channels") not in (None, self.fingerprint):
-                raise ValueError("channel list changed")
-            sw = SourceWindows.from_state(state)
-        except (ValueError, AttributeError):
-            self.dropped_states += 1
-            return None
-        if not sw.compatible_with(self.window, self.stride, len(self.channels)):
-            self.dropped_states += 1
-            return None
-        sw.max_gap_seconds = self.max_gap_seconds  # configuration wins over the saved value
-        return sw
-
-    def push(self, source: str, ts: np.ndarray, values: np.ndarray, offset: int | None = None) -> WindowBatch:
-        """Push a source's points; saves the new state via ``saver`` if the push was accepted."""
-        sw = self.get(source)
-        out = sw.push_batch(ts, values)
-        if offset is not None:
-            sw.last_offset = int(offset)
-        if self.saver is not None:
-            self.saver(source, self.state(source))
-        return out
-
-    def state(self, source: str, binary: bool = False) -> dict[str, Any]:
-        """The source's state plus the channel fingerprint, for a table."""
-        st = self.get(source).state(binary=binary)
-        st["channels"] = self.fingerprint
-        return st
-
-    def last_values(self, source: str) -> np.ndarray | None:
-        return self.get(source).last_values()
-
-    def forget(self, source: str) -> None:
-        """Drop a source from memory (its partition was revoked, or it went idle)."""
-        self._sources.pop(source, None)
-
-    def clear(self) -> None:
-        self._sources.clear()
-
-    def evict_idle(self, before_ts: float) -> list[str]:
-        """Forget sources whose last point is older than ``before_ts``; return their ids.
-
-        With ``max_gap_seconds`` set, a source idle for longer than it would be reset by its
-        next point anyway, so evicting at ``now - max_gap_seconds`` loses nothing.
-        """
-        gone = [s for s, sw in self._sources.items() if sw.last_ts is None or sw.last_ts < before_ts]
-        for s in gone:
-            del self._sources[s]
-        return gone
