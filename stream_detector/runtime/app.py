@@ -48,14 +48,11 @@ _FAUST_SENSOR = None
 
 
 # -- the consumer's inner loop, one guarded step per fetched batch ----------------------------
-# Profiled (py-spy, pass-through agent, embedded broker): Faust's Consumer._drain_messages
-# wraps *every* message in ``Service.wait_first(callback(message), suspend_flow.wait())``,
-# which creates four asyncio tasks (the callback, suspend_flow, stopped, crashed), runs
-# asyncio.wait and cancels three of them again: about half of the ~160 us a message cost.
-# ``BatchDrainConsumer`` keeps every step of that loop (generation and flow checks in
-# getmany, gap tracking, commit_every, read offsets) but guards the delivery of a whole
-# fetched batch with one wait_first, so a rebalance (suspend_flow), a stop or a crash still
-# interrupts delivery at the next await, exactly as before, at one guard per batch.
+# Faust's Consumer._drain_messages guards *every* message with ``Service.wait_first``, four
+# asyncio tasks per message.  ``BatchDrainConsumer`` keeps every step of that loop (generation
+# and flow checks in getmany, gap tracking, commit_every, read offsets) but guards the delivery
+# of a whole fetched batch with one wait_first, so a rebalance (suspend_flow), a stop or a crash
+# still interrupts delivery at the next await.  Why, in figures: docs/benchmarks/history.md.
 def _batch_drain_consumer_class():
     from faust.transport.consumer import CONSUMER_FETCHING
     from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -65,9 +62,7 @@ def _batch_drain_consumer_class():
             consumer = super()._create_worker_consumer(transport)
             # Faust hard-codes fetch_max_wait_ms=1500.  Kafka answers a fetch as soon as
             # fetch_min_bytes (1) are there, but the embedded broker (Tansu) holds a fetch
-            # over several partitions for the whole wait: 0.36 s median delivery delay
-            # measured at 1500 ms, 4 ms at 50 ms.  An idle worker then sends 20 empty
-            # fetches a second, which costs nothing worth counting.
+            # over several partitions for the whole wait, which delayed every delivery.
             consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
             return consumer
 
@@ -218,9 +213,9 @@ class DetectorApp(faust.App):
 def _faust_prometheus_monitor():
     """Faust's own Prometheus sensor on the default registry (created once per process).
 
-    Without the per-stream-event hooks: profiled, ``on_stream_event_in`` alone (it rebuilds
-    and normalises the stream's label for every event) took ~10 % of the worker's event
-    loop with single-point messages.  The consumer-side metrics the rules and dashboard use
+    Without the per-stream-event hooks, which rebuild and normalise the stream's label for
+    every event (a large share of the event loop with single-point messages; figures in
+    docs/benchmarks/history.md).  The consumer-side metrics the rules and dashboard use
     (messages received, lag, end and committed offsets) come from the other hooks and stay.
     The hook keeps one thing: the time a partition's stream last took an event, which Faust's
     consumer reads to tell a stalled stream (without it, every long run logged "Stream has not
@@ -238,7 +233,7 @@ def _faust_prometheus_monitor():
 
         def on_message_in(self, tp, offset, message) -> None:
             # PrometheusMonitor.on_message_in, with the two labelled children looked up once
-            # per partition instead of per message (labels() took ~3 us of each message).
+            # per partition instead of per message.
             Monitor.on_message_in(self, tp, offset, message)
             children = self._received.get(tp)
             if children is None:

@@ -102,8 +102,7 @@ class WorkerConfig:
     batch_max_latency_ms: float = 20.0
     batch_max_messages: int = 1000  # input messages taken per agent step (Faust take_events)
     # ONNX Runtime intra-op threads per model session; 0 = its default (one per core).  One:
-    # the scorer runs beside the event loop, and on 2 cores one thread scored the production
-    # model faster than two non-spinning ones, at 18-21 instead of 29-37 us CPU a window
+    # the scorer runs beside the event loop, which needs a core of its own
     # (docs/benchmarks/inference.md).
     inference_threads: int = 1
     # Alert episodes
