@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from stream_detector.runtime.card import load_card  # noqa: E402
 from stream_detector.errors import ModelLoadError  # noqa: E402
-from stream_detector.training.export import AnomalyScorer, export_onnx  # noqa: E402
+from stream_detector.training.export import ScoringNetwork, export_onnx  # noqa: E402
 from stream_detector.training.nets import Critic, Encoder, Generator  # noqa: E402
 from stream_detector.runtime.scoring import Scorer  # noqa: E402
 from stream_detector.training.transforms import WindowTransform, fit_normalisation  # noqa: E402
@@ -26,7 +26,7 @@ def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch):
     stats = fit_normalisation(values)
     wt = WindowTransform(transform, stats, 32, plot_size=16)
     shape = wt.output_shape()
-    scorer = AnomalyScorer(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0)
+    scorer = ScoringNetwork(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0)
     export_onnx(scorer, 32, 3, tmp_path / "model.onnx")
     import onnxruntime as ort
 

@@ -145,7 +145,7 @@ def test_fast_form_is_faster_than_the_plain_graph(tmp_path):
                                                           (64, 25, 32, 50), (8, 2, 8, 4)])
 def test_export_writes_the_fast_form_with_the_plain_scores(tmp_path, window, channels, width, latent):
     torch = pytest.importorskip("torch")
-    from stream_detector.training.export import AnomalyScorer, export_onnx
+    from stream_detector.training.export import ScoringNetwork, export_onnx
     from stream_detector.training.nets import Critic, Encoder, Generator
     from stream_detector.training.transforms import WindowTransform, fit_normalisation
 
@@ -160,7 +160,7 @@ def test_export_writes_the_fast_form_with_the_plain_scores(tmp_path, window, cha
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    scorer = AnomalyScorer(wt, Encoder("conv", shape, width, latent), gen, Critic("conv", shape, width), 0.7)
+    scorer = ScoringNetwork(wt, Encoder("conv", shape, width, latent), gen, Critic("conv", shape, width), 0.7)
     assert export_onnx(scorer, window, channels, tmp_path / "plain.onnx", optimise=False) == "plain"
     assert export_onnx(scorer, window, channels, tmp_path / "fast.onnx") == onnx_graph.FORM
     import onnxruntime as ort
@@ -177,7 +177,7 @@ def test_export_writes_the_fast_form_with_the_plain_scores(tmp_path, window, cha
     np.testing.assert_allclose(sessions[1].run(["score"], {"window": windows})[0], t_score, rtol=1e-4, atol=1e-5)
     # and the fast form gives the networks' weights back (the benchmark's "before" relies on it)
     params, eps = onnx_graph.state_dict_params(onnx.load(str(tmp_path / "fast.onnx")))
-    again = AnomalyScorer(WindowTransform("sequence", fit_normalisation(values), window),
+    again = ScoringNetwork(WindowTransform("sequence", fit_normalisation(values), window),
                           Encoder("conv", shape, width, latent), Generator("conv", shape, width, latent),
                           Critic("conv", shape, width), 0.7).eval()
     missing, unexpected = again.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()},

@@ -70,10 +70,10 @@ QUICK_SPECS = ("sequence-1ch", "distance-plot-25ch-p32")
 
 
 def build_scorer(transform: str, window: int, channels: int, plot_size: int, width: int | None):
-    """The torch ``AnomalyScorer`` (random weights, eval mode) with its (width, latent)."""
+    """The torch ``ScoringNetwork`` (random weights, eval mode) with its (width, latent)."""
     import torch
 
-    from ..training.export import AnomalyScorer
+    from ..training.export import ScoringNetwork
     from ..training.nets import Critic, Encoder, Generator, default_sizes
     from ..training.transforms import WindowTransform
 
@@ -85,7 +85,7 @@ def build_scorer(transform: str, window: int, channels: int, plot_size: int, wid
     shape = wt.output_shape()
     w_default, latent = default_sizes(shape, "conv")
     width = width or w_default
-    scorer = AnomalyScorer(wt, Encoder("conv", shape, width, latent), Generator("conv", shape, width, latent),
+    scorer = ScoringNetwork(wt, Encoder("conv", shape, width, latent), Generator("conv", shape, width, latent),
                            Critic("conv", shape, width), 1.0)
     return scorer.eval(), width, latent, shape
 

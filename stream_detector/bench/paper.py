@@ -278,7 +278,7 @@ def _mnist_task(task: dict) -> dict:
 def _har_task(task: dict) -> dict:
     import torch
 
-    from ..training.export import AnomalyScorer
+    from ..training.export import ScoringNetwork
     from ..training.wgan import TrainConfig
     from ..training.transforms import WindowTransform, fit_normalisation
 
@@ -301,7 +301,7 @@ def _har_task(task: dict) -> dict:
     # FLOPs of the deployable scorer (raw window in, transform inside); the transform
     # itself (subtractions, pooling) is not counted, only convolutions and linear layers.
     out = _fit_and_score(x_train, x_test, labels, cfg,
-                         flops_module=lambda nets: AnomalyScorer(wt, nets.encoder, nets.generator, nets.critic,
+                         flops_module=lambda nets: ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic,
                                                                  cfg.kappa),
                          flops_example=torch.zeros(1, windows.shape[1], windows.shape[2]))
     n_train_per_class = {HAR_ACTIVITIES[c - 1]: int((y[train_idx] == c).sum()) for c in np.unique(y[train_idx])}

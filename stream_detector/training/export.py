@@ -1,6 +1,6 @@
 """The fused scorer graph and its ONNX export.
 
-:class:`AnomalyScorer` chains transform, encoder, generator and the critic's feature trunk
+:class:`ScoringNetwork` chains transform, encoder, generator and the critic's feature trunk
 into one module from raw windows to scores, so the ONNX file is the whole model:
 
 ``A(x) = A_R(x) + kappa * A_D(x)`` with ``A_R = mean((x - G(E(x)))^2)`` over the
@@ -37,7 +37,7 @@ def anomaly_scores(x: torch.Tensor, encoder: Encoder, generator: Generator, crit
     return a_r + kappa * a_d, residual, recon
 
 
-class AnomalyScorer(nn.Module):
+class ScoringNetwork(nn.Module):
     """Raw windows ``[B, W, C]`` to (score, channel_scores, transformed input, reconstruction)."""
 
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
@@ -54,7 +54,7 @@ class AnomalyScorer(nn.Module):
         return score, self.transform.channel_attribution(window, residual), x, recon
 
 
-def scorer_from_model_dir(model_dir: Path | str) -> AnomalyScorer:
+def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     """The PyTorch scorer of a model directory, rebuilt from its card and the weights in its
     ``model.onnx`` (plain export or fast form, :func:`.onnx_graph.state_dict_params`): what
     the benchmark exports plainly to measure "before", and what tests compare against."""
@@ -72,7 +72,7 @@ def scorer_from_model_dir(model_dir: Path | str) -> AnomalyScorer:
     arch = cfg.get("arch", "conv")
     width, latent = default_sizes(shape, arch)
     width, latent = cfg.get("width") or width, cfg.get("latent_dim") or latent
-    scorer = AnomalyScorer(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
+    scorer = ScoringNetwork(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
                            Critic(arch, shape, width), float(card.score.get("kappa", 1.0)))
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
@@ -87,7 +87,7 @@ def scorer_from_model_dir(model_dir: Path | str) -> AnomalyScorer:
     return scorer.eval()
 
 
-def export_onnx(scorer: AnomalyScorer, window: int, n_channels: int, path: Path, opset: int = 17,
+def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path, opset: int = 17,
                 optimise: bool = True) -> str:
     """Write the scorer as ONNX with a dynamic batch axis (TorchScript exporter: fast, no onnxscript).
 

@@ -123,7 +123,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     as a reference scale for the adaptive methods."""
     import torch
 
-    from .export import AnomalyScorer, export_onnx
+    from .export import ScoringNetwork, export_onnx
     from .nets import count_flops
     from .transforms import WindowTransform, fit_normalisation
     from .wgan import config_dict, train
@@ -142,7 +142,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
     x = _transform_windows(wt, _windows(train_parts, window, train_stride))
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
-    scorer = AnomalyScorer(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
+    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 

@@ -74,7 +74,7 @@ def params_from_onnx(model) -> tuple[dict[str, np.ndarray], dict[str, float]]:
 
 
 def params_from_torch(scorer) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The same from an ``export.AnomalyScorer`` (the exporter's initializer names are these)."""
+    """The same from an ``export.ScoringNetwork`` (the exporter's initializer names are these)."""
     import torch
 
     params = {k: v.detach().cpu().numpy() for k, v in scorer.state_dict().items() if v.dtype != torch.int64}
