@@ -20,7 +20,7 @@ from stream_detector.runtime.scoring import Scorer, sliding_windows
 
 onnx = pytest.importorskip("onnx")  # the rewrite needs it (train extra); the worker does not
 
-from stream_detector import onnx_graph  # noqa: E402
+from stream_detector.training import onnx_graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted(p.parent for p in (ROOT / "models").glob("*/1/model.json"))
