@@ -229,7 +229,7 @@ def run_demo(seconds: float = 100.0, rate: float | None = None, metrics_port: in
              repository: Path = MODEL_REPOSITORY) -> int:
     from .broker import EmbeddedBroker
     from .runtime.config import WorkerConfig
-    from .bench.worker_process import WorkerProcess
+    from .worker_process import WorkerProcess
     from .runtime.worker import topic_plan
 
     data = load_demo_data()

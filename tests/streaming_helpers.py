@@ -152,7 +152,7 @@ def killed_mid_stream(broker, cfg: WorkerConfig, workdir: Path, messages, window
     worker started in its place; yields the restarted worker after the sender has finished."""
     import threading
 
-    from stream_detector.bench.worker_process import WorkerProcess
+    from stream_detector.worker_process import WorkerProcess
 
     done = threading.Event()
 

@@ -93,25 +93,6 @@ def test_moving_average_is_causal():
 
 
 # ------------------------------------------------------------------------------------------
-# causal_zscore (the value's |z| against all earlier values, for combine=max_z)
-
-
-def test_causal_zscore_hand_computed():
-    z = nab.causal_zscore(np.array([1.0, 3.0, 2.0, 10.0]))
-    # t=2: past [1, 3]: mean 2, std 1 -> 0; t=3: past [1, 3, 2]: mean 2, std sqrt(2/3) -> 8 / 0.8165
-    np.testing.assert_allclose(z, [np.nan, np.nan, 0.0, 8.0 / math.sqrt(2.0 / 3.0)])
-
-
-def test_causal_zscore_constant_history_and_causality():
-    np.testing.assert_allclose(nab.causal_zscore(np.array([5.0, 5.0, 5.0, 6.0])), [np.nan, np.nan, 0.0, 1e6])
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=100)
-    y = x.copy()
-    y[60:] = 40.0
-    np.testing.assert_array_equal(nab.causal_zscore(y)[:60], nab.causal_zscore(x)[:60])
-
-
-# ------------------------------------------------------------------------------------------
 # anomaly_likelihood / log_likelihood (Numenta's post-processing)
 
 
@@ -345,19 +326,6 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     with open(tmp_path / "results4" / "streamdetector" / "catA" / "streamdetector_sine_spike.csv", newline="") as fh:
         ranks = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
     assert ranks[0] == 0.0 and ranks.max() > 0.0
-    # ... and combine=max_z gives scores in [0, 1], never below the model's own rank.
-    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results3"),
-                     "--rescore", str(results), "--combine", "max_z", "--name", "nabtest_z"]) == 0
-    assert json.loads((out / "nabtest_z.json").read_text())["config"]["combine"] == "max_z"
-    for name in names:
-        category, fname = name.split("/")
-        rel = Path(category) / f"streamdetector_{fname}"
-        with open(tmp_path / "results2" / "streamdetector" / rel, newline="") as fh:
-            base = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
-        with open(tmp_path / "results3" / "streamdetector" / rel, newline="") as fh:
-            comb = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
-        assert np.all((comb >= 0.0) & (comb <= 1.0)) and np.all(comb >= base - 1e-6), name
-
     md = (out / "nabtest.md").read_text()
     assert "| standard | **" in md and "catA/sine_spike.csv" in md and "ARTime 74.9" in md
     assert len(report["plots"]) == 2
@@ -396,12 +364,9 @@ def test_windows_to_points_maps_as_the_offline_runner():
     np.testing.assert_array_equal(nab.windows_to_points(3, np.array([], dtype=np.int64), np.array([])), [0.5] * 3)
 
 
-def test_via_worker_rejects_combine_max_z_and_needs_models(nab_folder, tmp_path):
+def test_via_worker_needs_models(nab_folder, tmp_path):
     from stream_detector.errors import UserError
 
-    with pytest.raises(UserError, match="max_z is not supported via the worker"):
-        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--via-worker", "--combine", "max_z",
-                  "--models", str(tmp_path)])
     with pytest.raises(UserError, match="needs --models"):
         nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--via-worker"])
     with pytest.raises(UserError, match="no <category>__<file>/model.onnx"):

@@ -166,7 +166,7 @@ def test_faust_metrics_relied_on_are_scraped_from_a_running_worker(sequence_mode
     from streaming_helpers import point_messages, send, wait_until, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.bench.worker_process import WorkerProcess
+    from stream_detector.worker_process import WorkerProcess
 
     def samples(text: str, name: str) -> dict[str, float]:
         """``{partition: value}`` of ``name`` for the worker's input topic."""

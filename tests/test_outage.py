@@ -20,7 +20,7 @@ from streaming_helpers import metric, point_messages, read_records, send, wait_u
 
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
 from stream_detector.runtime.detector import Detector, InMessage  # noqa: E402
-from stream_detector.bench.worker_process import WorkerProcess  # noqa: E402
+from stream_detector.worker_process import WorkerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SOURCES = ("sat-1", "sat-2", "sat-3")

@@ -19,7 +19,7 @@ from streaming_helpers import expected_starts, metric, point_messages, send, wai
 
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
 from stream_detector.runtime.scoring import Scorer, sliding_windows  # noqa: E402
-from stream_detector.bench.worker_process import WorkerProcess  # noqa: E402
+from stream_detector.worker_process import WorkerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RULES = Path(__file__).resolve().parents[1] / "exporters" / "prometheus"

@@ -69,7 +69,7 @@ def test_worker_publishes_batch_records_end_to_end(sequence_model, tmp_path):
     from streaming_helpers import read_records, send, wait_until, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.bench.worker_process import WorkerProcess
+    from stream_detector.worker_process import WorkerProcess
 
     with EmbeddedBroker() as broker:
         cfg = replace(worker_config(broker, sequence_model, "batchrec"), score_records="batch")

@@ -44,7 +44,7 @@ from stream_detector.broker import BrokerError, EmbeddedBroker, broker_binary, f
 from stream_detector.runtime.publishing import decode_record  # noqa: E402
 from stream_detector.runtime.config import WorkerConfig  # noqa: E402
 from stream_detector.errors import UserError  # noqa: E402
-from stream_detector.bench.worker_process import WorkerProcess  # noqa: E402
+from stream_detector.worker_process import WorkerProcess  # noqa: E402
 from stream_detector.runtime.worker import ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from stream_detector.runtime.thresholds import make_threshold  # noqa: E402
 from stream_detector.broker import EmbeddedBroker  # noqa: E402
 from stream_detector.runtime.detector import Detector, InMessage  # noqa: E402
 from stream_detector.runtime.repository import parse_routes  # noqa: E402
-from stream_detector.bench.worker_process import WorkerProcess  # noqa: E402
+from stream_detector.worker_process import WorkerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WINDOW, STRIDE = 16, 4  # the tiny model's card

@@ -106,7 +106,7 @@ def test_silent_source_closed_across_a_sigkill(sequence_model, tmp_path):
     from streaming_helpers import metric, point_messages, read_records, send, worker_config
 
     from stream_detector.broker import EmbeddedBroker
-    from stream_detector.bench.worker_process import WorkerProcess
+    from stream_detector.worker_process import WorkerProcess
 
     with EmbeddedBroker() as broker:
         cfg = worker_config(broker, sequence_model, "silent", source_silence_seconds=10.0)

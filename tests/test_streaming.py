@@ -29,7 +29,7 @@ from streaming_helpers import (expected_starts, killed_mid_stream, metric, point
 from stream_detector.broker import EmbeddedBroker, free_port  # noqa: E402
 from stream_detector.runtime.codec import encode_points  # noqa: E402
 from stream_detector.runtime.detector import Detector, InMessage  # noqa: E402
-from stream_detector.bench.worker_process import WorkerProcess
+from stream_detector.worker_process import WorkerProcess
 from stream_detector.runtime.worker import ensure_topics  # noqa: E402
 
 pytestmark = pytest.mark.slow

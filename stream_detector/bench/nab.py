@@ -29,9 +29,8 @@ score in ``[0, 1]``; two causal post-processings turn the raw score into one (``
 :func:`via_worker_main`) and compares its published likelihoods and NAB scores with the offline
 ones on the same models.
 
-``--combine max_z`` takes the larger of that and the same post-processing of the value's
-causal |z| against all earlier values; ``--rescore RESULTS`` reapplies the post-processing to
-a previous run's saved raw scores without training.
+``--rescore RESULTS`` reapplies the post-processing to a previous run's saved raw scores
+without training.
 """
 
 from __future__ import annotations
@@ -57,15 +56,14 @@ from .framework import Benchmark, Report
 PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
 DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=1000, encoder_iterations=1000,
                       encoder_mode="izi_f", kappa=1.0, max_seconds=15.0, probationary=0.15, smoothing=5, seed=0,
-                      combine="none", post="likelihood")
-COMBINE = ("none", "max_z")
+                      post="likelihood")
 POST = ("likelihood", "rank")
 # nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
 # reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
 LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
                   averaging_window=10, red=0.99999, yellow=0.999, std_floor=1e-3)
 # keys of the flat configuration that are NAB's own, not the model's (see NabConfig)
-RUNNER_KEYS = ("probationary", "smoothing", "combine", "post", "likelihood", "rescored_from")
+RUNNER_KEYS = ("probationary", "smoothing", "post", "likelihood", "rescored_from")
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,18 @@ class NabConfig:
     model: SeriesModelConfig
     probationary: float = 0.15
     smoothing: int = 5
-    combine: str = "none"
     post: str = "likelihood"
     likelihood: dict | None = None
     rescored_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> NabConfig:
+        if d.get("combine", "none") != "none":  # a run before --combine max_z was removed (it did not help)
+            from ..errors import UserError
+
+            raise UserError(f"combine={d['combine']!r}: --combine was removed (max_z measured not to help, "
+                            "docs/benchmarks/nab_max_z.md); rescore without it")
+        d = {k: v for k, v in d.items() if k != "combine"}
         model, own = SeriesModelConfig.from_flat(d, RUNNER_KEYS)
         return cls(model=model, **own)
 
@@ -117,23 +120,6 @@ def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     nan_in = bad[k - 1:] - np.concatenate([[0], bad[:-k]])
     out[k - 1:][nan_in > 0] = np.nan
     return out
-
-
-def causal_zscore(x: np.ndarray) -> np.ndarray:
-    """``|x_t - mean(x_<t)| / std(x_<t)`` over all earlier points (NaN for the first two; a
-    change after a constant history scores 1e6)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = np.arange(len(x), dtype=np.float64)
-    c1 = np.concatenate([[0.0], np.cumsum(x)[:-1]])
-    c2 = np.concatenate([[0.0], np.cumsum(x * x)[:-1]])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = c1 / n
-        std = np.sqrt(np.maximum(c2 / n - mean * mean, 0.0))
-        d = np.abs(x - mean)
-        z = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), d / std,
-                     np.where(d > 1e-12 * np.maximum(1.0, np.abs(mean)), 1e6, 0.0))
-    z[:2] = np.nan
-    return z
 
 
 def anomaly_likelihood(raw: np.ndarray, learning_period: int = 288, estimation_samples: int = 100,
@@ -190,16 +176,6 @@ def post_process(x: np.ndarray, cfg: dict, probationary: int) -> np.ndarray:
     raise ValueError(f"unknown post-processing {post!r}")
 
 
-def nab_likelihood(raw: np.ndarray, values: np.ndarray, cfg: dict, probationary: int = 0) -> np.ndarray:
-    """The detector's NAB score from the model's raw point scores (and, with ``combine=max_z``,
-    the values themselves): the post-processing of the raw score, or the larger of that and
-    the same post-processing of the causal |z| of the value."""
-    likelihood = post_process(raw, cfg, probationary)
-    if cfg.get("combine", "none") == "max_z":
-        likelihood = np.maximum(likelihood, post_process(causal_zscore(values), cfg, probationary))
-    return likelihood
-
-
 def run_file(task: dict) -> dict:
     """Train on the probationary part of one file and score every point online."""
     import torch
@@ -219,7 +195,7 @@ def run_file(task: dict) -> dict:
                         train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"], threads=task["threads"])
     started = time.monotonic()
     raw = fit.points
-    likelihood = nab_likelihood(raw, values, task["config"], prob)
+    likelihood = post_process(raw, task["config"], prob)
     return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
             "raw": raw.tolist(), "points": n,
             "probationary": prob, "train_seconds": round(fit.train_seconds, 1),
@@ -240,7 +216,7 @@ def rescore_file(root: Path, results: Path, name: str, cfg: dict) -> dict:
     raw[: cfg["window"] - 1] = np.nan  # no complete window yet (older runs wrote 0 there)
     started = time.monotonic()
     prob = probationary_length(len(values), cfg["probationary"])
-    likelihood = nab_likelihood(raw, values, cfg, prob)
+    likelihood = post_process(raw, cfg, prob)
     return {"name": name, "timestamps": timestamps, "scores": likelihood.tolist(), "raw": raw.tolist(),
             "points": len(values), "probationary": prob,
             "train_seconds": 0.0, "score_seconds": round(time.monotonic() - started, 2)}
@@ -260,8 +236,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="nab", help="output file stem (default nab)")
     p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
-    p.add_argument("--combine", choices=COMBINE, help="'max_z': the larger of the model's rank and the rank of "
-                   "the value's causal |z| (default 'none': the model's rank only)")
     p.add_argument("--post", choices=POST, help="raw score -> NAB score: 'likelihood' (default: Numenta's anomaly "
                    "likelihood, log-scaled as NAB's numenta detector) or 'rank' (causal rank of a 5-point average)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>/<category>/*.csv with raw_score): "
@@ -420,8 +394,6 @@ def run(a: argparse.Namespace) -> Report:
         cfg["max_seconds"] = a.max_seconds
     if a.iterations:
         cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
-    if a.combine:
-        cfg["combine"] = a.combine
     if a.post:
         cfg["post"] = a.post
     if cfg["post"] == "likelihood":
@@ -550,10 +522,6 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
     from .machine import cpu_model
     from .via_worker import run_via_worker
 
-    if cfg.get("combine", "none") != "none":
-        raise UserError(f"--combine {cfg['combine']} is not supported via the worker: the worker applies one "
-                        "threshold procedure to the model's window scores and has no causal |z| of the raw value "
-                        "to combine it with; run --via-worker without --combine")
     if cfg.get("post") != "likelihood":
         raise UserError(f"--post {cfg.get('post')} is not supported via the worker: the worker's threshold "
                         "procedures include Numenta's anomaly likelihood ('likelihood') but not the causal rank")

@@ -513,7 +513,7 @@ def measure_max(broker, model: Path, card, args: argparse.Namespace, workdir: Pa
 def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from ..broker import EmbeddedBroker
     from ..runtime.card import load_card
-    from .worker_process import WorkerProcess
+    from ..worker_process import WorkerProcess
 
     workdir = Path(args.workdir)
     model = Path(args.model)

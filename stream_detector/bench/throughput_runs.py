@@ -161,7 +161,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     ``end_at_settle`` the run ends at the later of the last publication and the poll that saw
     every window scored (midpoint of the polls around it), so that rows whose last windows are
     never published are timed to the same end as the static row."""
-    from .worker_process import WorkerProcess
+    from ..worker_process import WorkerProcess
 
     published = n_windows if published is None else published
 
@@ -384,7 +384,7 @@ async def _live(bootstrap: str, topic: str, channels: list[str], sources: int, p
 def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int, points_per_s: float, batch: int,
                 seconds: float, workdir: Path, **overrides) -> dict[str, Any]:
     """The worker at a given load (live producer); end-to-end latency percentiles in seconds."""
-    from .worker_process import WorkerProcess
+    from ..worker_process import WorkerProcess
 
     cfg = _config(broker, model, tag, **overrides)
     before = _background()

@@ -6,9 +6,11 @@ broker, the worker process (``stream-detector worker``) serving a model reposito
 route per source, and the threshold procedure the route names applied causally per source.
 What comes back is what an operator would see on the scores and alerts topics.
 
->>> run = run_via_worker({"A-1": "models/A-1"}, {"A-1": test_values},       # doctest: +SKIP
-...                      threshold={"method": "telemanom"}, stride=1)
->>> run.sources["A-1"].point_flags()                                        # doctest: +SKIP
+Usage (it starts a broker and a worker: tests/test_via_worker.py runs it)::
+
+    run = run_via_worker({"A-1": "models/A-1"}, {"A-1": test_values},
+                         threshold={"method": "telemanom"}, stride=1)
+    run.sources["A-1"].point_flags()
 
 Layout: ``<workdir>/repo/<source>/1 -> <model_dir>`` (symlinks; the folder names the model, so
 several sources may share one card name), the worker's config and log in ``<workdir>``.
@@ -352,7 +354,7 @@ def run_via_worker(models: Mapping[str, str | Path], series: Mapping[str, np.nda
     from ..runtime.repository import parse_routes
     from ..runtime.scoring import window_starts
     from ..runtime.worker import ensure_topics
-    from .worker_process import WorkerProcess
+    from ..worker_process import WorkerProcess
 
     if set(models) != set(series):
         raise ValueError(f"models and series name different sources: {sorted(set(models) ^ set(series))}")

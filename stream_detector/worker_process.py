@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
-from ..runtime.config import WorkerConfig
+from .errors import UserError
+from .runtime.config import WorkerConfig
 
 __all__ = ["WorkerProcess"]
 
