@@ -12,6 +12,10 @@ import pytest
 
 from stream_detector.bench.datasets import data_root
 
+#: Scripts run as child processes, never collected: ``--doctest-modules`` (pyproject) would import
+#: faulty_worker.py into the test process, where its fault injection patches the Detector.
+collect_ignore = ["faulty_worker.py", "prometheus_server.py"]
+
 #: A model directory (model.onnx + model.json) built once by tests/data/build_tiny_model.py
 #: with ``tiny_model`` below; see tests/data/README.md.  The worker tests use it, so they run
 #: on an install without PyTorch, as the worker does.

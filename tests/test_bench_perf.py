@@ -328,7 +328,7 @@ def test_ingest_parts_split_a_step_in_order_and_state_waits_for_the_end(sequence
     the state is taken once, after the last part."""
     msgs = _batch_messages(5, 40, Scorer(sequence_model, threads=1).channels)  # 7 windows a source
     cfg = WorkerConfig(model_dir=str(sequence_model), batch_max_windows=16, metrics_port=0)
-    (whole,) = Detector(cfg).ingest(msgs).groups.values()
+    ((whole,),) = [p.groups.values() for p in Detector(cfg).ingest_parts(msgs, max_windows=math.inf)]
     det = Detector(cfg)
     prepared = list(det.ingest_parts(msgs))
     parts = [next(iter(p.groups.values())) for p in prepared]

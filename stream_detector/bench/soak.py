@@ -67,6 +67,7 @@ import numpy as np
 from . import throughput as tp
 
 from .framework import Benchmark, Report, error
+from .throughput_report import _met
 
 DEFAULT_SOURCES = 10_000
 RSS_GROWTH_TARGET = 0.05  # soak: RSS growth after the warm-up, at most
@@ -652,7 +653,7 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
             lines.append(f"- Worker RSS growth after the warm-up (first {rss['warmup_seconds']:.0f} s): "
                          f"{rss['growth']:+.1%} ({_mib(rss['rss_after_warmup_bytes'])} -> {_mib(rss['rss_at_end_bytes'])} "
                          f"MiB, medians of the tenth after the warm-up and the last tenth); target under "
-                         f"{rss['target']:.0%}: {tp._met(rss['target_met'])}. Linear fit after the warm-up: "
+                         f"{rss['target']:.0%}: {_met(rss['target_met'])}. Linear fit after the warm-up: "
                          f"{rss.get('slope_bytes_per_hour', 0) / 2**20:+,.1f} MiB/hour; peak "
                          f"{_mib(rss.get('peak_after_warmup_bytes'))} MiB.")
         else:
