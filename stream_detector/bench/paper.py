@@ -616,15 +616,7 @@ def run_from_args(args: argparse.Namespace) -> Report:
 
 
 class PaperBenchmark(Benchmark):
-    name = "paper"
-    description = "Reproduce the MNIST / UCI HAR protocols of Haloui et al."
     out_flags = ("--out", "--out-dir")  # --out-dir: the spelling of the reports' Reproduce lines before --out
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> Report:
-        return run_from_args(args)
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """A missing data file or a bad digit/activity is one ``error:`` line and status 2."""
@@ -635,13 +627,9 @@ class PaperBenchmark(Benchmark):
             return 2
 
 
-BENCHMARK = PaperBenchmark()
-build_parser = BENCHMARK.build_parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``stream-detector bench paper mnist|har [options]`` (``None``: ``sys.argv``)."""
-    return BENCHMARK.main(argv)
+BENCHMARK = PaperBenchmark("paper", "Reproduce the MNIST / UCI HAR protocols of Haloui et al.", add_arguments,
+                           run_from_args)
+build_parser, main = BENCHMARK.build_parser, BENCHMARK.main  # main(argv): ``stream-detector bench paper mnist|har``
 
 
 if __name__ == "__main__":

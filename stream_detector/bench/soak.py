@@ -64,10 +64,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import throughput as tp
+from . import throughput_runs as runs
+from . import throughput_workload as workload
 
 from .framework import Benchmark, Report, error
-from .throughput_report import _met
+from .throughput_report import target_mark
 
 DEFAULT_SOURCES = 10_000
 RSS_GROWTH_TARGET = 0.05  # soak: RSS growth after the warm-up, at most
@@ -251,7 +252,7 @@ def _committed_lag(text: str, topic: str, acked: np.ndarray) -> int:
     never below 0): the consumer group's lag as the Prometheus recording rule computes it."""
     lag = 0
     for p, n in enumerate(acked):
-        committed = tp._metric(text, "stream_detector_faust_topic_partition_offset_commited",
+        committed = runs.metric_value(text, "stream_detector_faust_topic_partition_offset_commited",
                                f'partition="{p}",topic="{topic}"')
         lag += max(int(n) - int(committed), 0)
     return lag
@@ -296,7 +297,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.worker, self.broker_pid, self.topic, self.stats, self.t0 = worker, broker_pid, topic, stats, t0
         self.interval, self.samples, self.halt = interval, [], threading.Event()
-        self.cpu0 = tp._cpu_seconds(worker.proc.pid)
+        self.cpu0 = runs.cpu_seconds(worker.proc.pid)
         self.bootstrap = bootstrap
 
     def run(self) -> None:
@@ -319,9 +320,9 @@ class Sampler(threading.Thread):
     def sample(self) -> dict[str, Any]:
         t = time.time()
         pid = self.worker.proc.pid
-        row: dict[str, Any] = {"t": round(t - self.t0, 3), "worker_rss_bytes": tp._rss_bytes(pid),
-                               "worker_cpu_seconds": round(tp._cpu_seconds(pid) - self.cpu0, 3),
-                               "broker_rss_bytes": tp._rss_bytes(self.broker_pid) if self.broker_pid else None,
+        row: dict[str, Any] = {"t": round(t - self.t0, 3), "worker_rss_bytes": runs.process_rss_bytes(pid),
+                               "worker_cpu_seconds": round(runs.cpu_seconds(pid) - self.cpu0, 3),
+                               "broker_rss_bytes": runs.process_rss_bytes(self.broker_pid) if self.broker_pid else None,
                                "messages_sent": int(self.stats.messages), "points_sent": int(self.stats.points),
                                "messages_acked": int(self.stats.acked.sum()),
                                "producer_behind_s": round(self.stats.behind_s, 3),
@@ -332,12 +333,12 @@ class Sampler(threading.Thread):
         except OSError as e:  # a worker too busy to answer within 5 s is itself a finding
             row["scrape_error"] = str(e)
             return row
-        processed = (tp._metric(text, "stream_detector_messages_total", 'status="ok"')
-                     + tp._metric(text, "stream_detector_messages_total", 'status="dead_letter"'))
+        processed = (runs.metric_value(text, "stream_detector_messages_total", 'status="ok"')
+                     + runs.metric_value(text, "stream_detector_messages_total", 'status="dead_letter"'))
         row.update(messages_processed=int(processed),
-                   messages_redelivered=int(tp._metric(text, "stream_detector_messages_total", 'status="redelivered"')),
-                   points_ok=int(tp._metric(text, "stream_detector_points_total", 'status="ok"')),
-                   windows_scored=int(tp._metric(text, "stream_detector_windows_scored_total")),
+                   messages_redelivered=int(runs.metric_value(text, "stream_detector_messages_total", 'status="redelivered"')),
+                   points_ok=int(runs.metric_value(text, "stream_detector_points_total", 'status="ok"')),
+                   windows_scored=int(runs.metric_value(text, "stream_detector_windows_scored_total")),
                    lag_committed=_committed_lag(text, self.topic, self.stats.acked),
                    lag_processed=max(row["messages_acked"] - int(processed), 0))
         return row
@@ -425,7 +426,7 @@ def latency_slices(t0: float, pub: np.ndarray, lat: np.ndarray, width: float) ->
     out = []
     for i in range(int(np.floor(rel.max() / width)) + 1):
         sel = lat[(rel >= i * width) & (rel < (i + 1) * width)]
-        pcts = tp.percentiles(sel, (50, 99))
+        pcts = runs.percentiles(sel, (50, 99))
         out.append({"t0": i * width, "t1": (i + 1) * width, "windows": int(len(sel)),
                     **{k: None if v is None else round(v, 4) for k, v in pcts.items()},
                     "max": round(float(sel.max()), 4) if len(sel) else None})
@@ -500,10 +501,10 @@ def measure_max(broker, model: Path, card, args: argparse.Namespace, workdir: Pa
     """The worker's maximum on a pre-loaded topic in the live phase's message shape."""
     topic = "max-in"
     per_source = args.max_points_per_source
-    n_msgs, n_points = tp._preload(broker, topic, args.sources, per_source * args.sources, list(card.channels),
+    n_msgs, n_points = runs.preload_input(broker, topic, args.sources, per_source * args.sources, list(card.channels),
                                    args.batch_points, 3)
-    n_windows = tp.expected_windows(n_points // args.sources, args.sources, card.window, card.stride)
-    run = tp.run_detector(broker, model, topic, "max", n_points, n_windows, workdir, timeout=args.max_timeout,
+    n_windows = workload.expected_windows(n_points // args.sources, args.sources, card.window, card.stride)
+    run = runs.run_detector(broker, model, topic, "max", n_points, n_windows, workdir, timeout=args.max_timeout,
                           **args.worker_settings)
     print(f"maximum: {run['points_per_s']:,.0f} points/s ({n_msgs:,} messages of {args.batch_points} points, "
           f"{args.sources:,} sources, {run['seconds']:.1f} s)", flush=True)
@@ -520,7 +521,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     model = Path(args.model)
     card = load_card(model)
     res: dict[str, Any] = {
-        "benchmark": mode, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": tp.machine(),
+        "benchmark": mode, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": runs.machine(),
         "command": args.command,
         "settings": {"sources": args.sources, "duration_s": args.duration, "factor": args.factor,
                      "producer_tick_s": args.producer_tick,
@@ -528,7 +529,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                      "window": card.window, "stride": card.stride, "channels": len(card.channels),
                      "sample_seconds": args.sample_seconds, "slice_seconds": args.slice_seconds,
                      "warmup_fraction": args.warmup, "worker_settings": args.worker_settings},
-        "background_start": tp._background(),
+        "background_start": runs.background_load(),
     }
     with EmbeddedBroker() as broker:
         if args.max_points_per_s:
@@ -536,7 +537,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         else:
             res["max"] = measure_max(broker, model, card, args, workdir)
         rate = args.rate or args.factor * res["max"]["points_per_s"]
-        cfg = tp._config(broker, model, mode, **{**PRODUCTION_TIMINGS, **args.worker_settings})
+        cfg = runs.worker_config_for(broker, model, mode, **{**PRODUCTION_TIMINGS, **args.worker_settings})
         worker = WorkerProcess(cfg, workdir, name=mode).start()
         try:
             time.sleep(1.0)  # the group is joined at Ready; let the first fetches settle
@@ -585,7 +586,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     res["lag"] = {"max_committed": max(live_lag, default=None),
                   "final_committed": final.get("lag_committed"), "final_processed": final.get("lag_processed"),
                   "returned_to_zero": final.get("lag_committed") == 0 and final.get("lag_processed") == 0}
-    res["latency"] = {name: {q: None if v is None else round(v, 4) for q, v in tp.percentiles(lat, (50, 99)).items()}
+    res["latency"] = {name: {q: None if v is None else round(v, 4) for q, v in runs.percentiles(lat, (50, 99)).items()}
                       for name, lat in (("from_send", from_send), ("from_point", from_point))}
     res["latency"]["slices"] = latency_slices(t0, pub[valid], from_send, args.slice_seconds)
     res["samples"] = samples
@@ -595,7 +596,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     else:
         res["rss"] = rss_bounded(samples, args.duration,
                                  warmup_seconds(args.warmup, args.duration, args.batch_points * fleet.dt))
-    res["background_end"] = tp._background()
+    res["background_end"] = runs.background_load()
     return res
 
 
@@ -653,7 +654,7 @@ def markdown(res: dict[str, Any], png: str | None) -> str:
             lines.append(f"- Worker RSS growth after the warm-up (first {rss['warmup_seconds']:.0f} s): "
                          f"{rss['growth']:+.1%} ({_mib(rss['rss_after_warmup_bytes'])} -> {_mib(rss['rss_at_end_bytes'])} "
                          f"MiB, medians of the tenth after the warm-up and the last tenth); target under "
-                         f"{rss['target']:.0%}: {_met(rss['target_met'])}. Linear fit after the warm-up: "
+                         f"{rss['target']:.0%}: {target_mark(rss['target_met'])}. Linear fit after the warm-up: "
                          f"{rss.get('slope_bytes_per_hour', 0) / 2**20:+,.1f} MiB/hour; peak "
                          f"{_mib(rss.get('peak_after_warmup_bytes'))} MiB.")
         else:
@@ -777,7 +778,7 @@ def add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
                    help="points of each source pre-loaded for the measurement of the maximum (default 384)")
     p.add_argument("--max-timeout", type=float, default=900.0)
     p.add_argument("--batch-points", type=int, default=None, help="points per message (default the model's window)")
-    p.add_argument("--model", default=str(tp.BUNDLED_SEQUENCE), help="model directory (default the bundled sequence model)")
+    p.add_argument("--model", default=str(workload.BUNDLED_SEQUENCE), help="model directory (default the bundled sequence model)")
     p.add_argument("--again", default=None, metavar="JSON",
                    help="recompute the verdicts of an earlier run from the samples in its JSON and rewrite its "
                         "reports (no new run)")

@@ -377,23 +377,8 @@ def run(a: argparse.Namespace) -> Report:
         f"{m}: event F1 {s[m]['f1']:.3f} (P {s[m]['precision']:.3f} R {s[m]['recall']:.3f})" for m in METHODS))
 
 
-class TelemanomBenchmark(Benchmark):
-    name = "telemanom"
-    description = __doc__.splitlines()[0]
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> Report:
-        return run(args)
-
-
-BENCHMARK = TelemanomBenchmark()
-build_parser = BENCHMARK.build_parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return BENCHMARK.main(argv)
+BENCHMARK = Benchmark("telemanom", __doc__.splitlines()[0], add_arguments, run)
+build_parser, main = BENCHMARK.build_parser, BENCHMARK.main
 
 
 # -- the same models through the worker ------------------------------------------------------------

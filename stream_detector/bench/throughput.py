@@ -56,16 +56,13 @@ from typing import Any
 import numpy as np
 
 from . import profile
-from .throughput_workload import (  # noqa: F401  re-exported: soak and tests use throughput.*
-    BUNDLED_SEQUENCE, CHANNELS_SMAP, DEFAULT_MODELS, MODELS, T0, bench_model, channel_names, ensure_model,
-    expected_windows, fleet_series, make_repository, preload_messages)
-from .throughput_runs import (  # noqa: F401  re-exported: soak and tests use throughput.*
-    POLLED, REF_REPEAT, _background, _config, _cpu_seconds, _median, _metric, _passthrough_main, _preload,
-    _rss_bytes, machine, percentiles, produce, read_scores, run_aiokafka, run_detector, run_latency,
-    run_passthrough)
-from .throughput_report import (  # noqa: F401  re-exported: soak and tests use throughput.*
-    MANY_MODELS_TARGET, THRESHOLDS_TARGET, many_models_markdown, scaling_markdown, scaling_plot,
-    thresholds_markdown, throughput_markdown)
+from .throughput_workload import (
+    DEFAULT_MODELS, MODELS, bench_model, ensure_model, expected_windows, make_repository, preload_messages)
+from .throughput_runs import (
+    REF_REPEAT, background_load, worker_config_for, median_of, _passthrough_main, preload_input, machine,
+    produce, run_aiokafka, run_detector, run_latency, run_passthrough)
+from .throughput_report import (
+    MANY_MODELS_TARGET, THRESHOLDS_TARGET, scaling_markdown, scaling_plot, throughput_markdown)
 from .framework import Benchmark, Report, error
 
 SCALING_WINDOWS = (64, 128, 256)
@@ -85,7 +82,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"sources": args.sources, "single_points": args.single_points, "batch_points": args.batch_points_total,
                      "points_per_batch_message": args.batch_points, "runs": args.runs, "quick": args.quick,
                      "score_records": args.score_records},
-        "background_start": _background(), "models": {}, "passthrough": {}, "aiokafka": {},
+        "background_start": background_load(), "models": {}, "passthrough": {}, "aiokafka": {},
     }
     forms = args.score_records
     results["calibration"] = calibration(args.runs, "start")
@@ -101,7 +98,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 if (channels, kind) in topics:
                     continue
                 topic = f"preload-{len(topics)}-{kind}"
-                _config(broker, Path("."), topic, topic_input=topic)
+                worker_config_for(broker, Path("."), topic, topic_input=topic)
                 msgs = preload_messages(args.sources, points, list(channels), batch)
                 t = time.time()
                 produce(broker.bootstrap, topic, msgs)
@@ -116,7 +113,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for (channels, kind), (topic, n_msgs, n_points) in topics.items():
             if kind == "batch" and not args.quick:
                 ref_topic = f"{topic}-ref"
-                _config(broker, Path("."), ref_topic, topic_input=ref_topic)
+                worker_config_for(broker, Path("."), ref_topic, topic_input=ref_topic)
                 msgs = preload_messages(args.sources, n_points * REF_REPEAT, list(channels), kinds[kind][0])
                 produce(broker.bootstrap, ref_topic, msgs)
                 refs[channels, kind] = (ref_topic, len(msgs), n_points * REF_REPEAT)
@@ -132,10 +129,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             pts_per_msg = n_points / n_msgs
             tkey = f"{kind}/{len(channels)}ch"
             for name, runs in ref.items():
-                mps = _median(runs, "messages_per_s")
+                mps = median_of(runs, "messages_per_s")
                 entry = {"messages_per_s": mps, "points_per_s": mps * pts_per_msg, "runs": runs}
                 if all("cpu_us_per_message" in r for r in runs):
-                    entry["cpu_us_per_point"] = _median(runs, "cpu_us_per_message") / pts_per_msg
+                    entry["cpu_us_per_point"] = median_of(runs, "cpu_us_per_message") / pts_per_msg
                 (results["aiokafka"] if name == "aiokafka" else results["passthrough"]).setdefault(tkey, {})[name] = entry
                 print(f"{tkey} {name}: {mps:,.0f} messages/s", flush=True)
         # the detector, per model
@@ -197,7 +194,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if args.thresholds:
             results["thresholds"] = threshold_rows(broker, args, workdir)
     results["calibration_end"] = calibration(1, "end")
-    results["background_end"] = _background()
+    results["background_end"] = background_load()
     results["targets"] = targets(results)
     return results
 
@@ -268,10 +265,10 @@ def stride_sweep(broker, models: dict, cards: dict, topics: dict, results: dict,
 
 
 def _row_entry(runs: list[dict]) -> dict[str, Any]:
-    return {"points_per_s": _median(runs, "points_per_s"), "windows_per_s": _median(runs, "windows_per_s"),
-            "published_per_s": _median(runs, "published_per_s"),
-            "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
-            "rss_bytes": _median(runs, "rss_bytes"), "runs": runs}
+    return {"points_per_s": median_of(runs, "points_per_s"), "windows_per_s": median_of(runs, "windows_per_s"),
+            "published_per_s": median_of(runs, "published_per_s"),
+            "worker_cpu_us_per_point": median_of(runs, "worker_cpu_us_per_point"),
+            "rss_bytes": median_of(runs, "rss_bytes"), "runs": runs}
 
 
 # a telemanom that decides within a smoke run's few windows (parameters in points)
@@ -292,7 +289,7 @@ def many_models(broker, args: argparse.Namespace, workdir: Path) -> dict[str, An
     card = load_card(model)
     window, stride = card.window, card.stride
     topic = "many-models-batch"
-    n_msgs, n_points = _preload(broker, topic, n, args.many_models_points, list(card.channels), args.batch_points, 5)
+    n_msgs, n_points = preload_input(broker, topic, n, args.many_models_points, list(card.channels), args.batch_points, 5)
     n_windows = expected_windows(n_points // n, n, window, stride)
     names = [f"m{i:02d}" for i in range(n)]
     sources = [f"src-{i:05d}" for i in range(n)]  # the keys preload_messages writes
@@ -363,7 +360,7 @@ def threshold_rows(broker, args: argparse.Namespace, workdir: Path) -> dict[str,
                            "target": THRESHOLDS_TARGET, "kinds": {}}
     for kind, batch in (("single", 1), ("batch", args.batch_points)):
         topic = f"thresholds-{kind}"
-        n_msgs, n_points = _preload(broker, topic, args.sources, per_source * args.sources, channels, batch, 6)
+        n_msgs, n_points = preload_input(broker, topic, args.sources, per_source * args.sources, channels, batch, 6)
         n_windows = windows_per_source * args.sources
         runs: dict[str, list] = {m: [] for m in specs}
         for r in range(args.runs):  # alternate the methods, so that drift in the machine's load hits all
@@ -395,9 +392,9 @@ def _detector_entry(runs: list[dict], passthrough_points_per_s: float, cal: dict
     given the run's calibration, to the machine: the share of its GEMM peak that the windows
     scored per second amount to, and the worker's CPU per point in iterations of the fixed
     Python loop (both move less between machines than points/s do)."""
-    pps = _median(runs, "points_per_s")
-    e = {"points_per_s": pps, "windows_per_s": _median(runs, "windows_per_s"),
-         "worker_cpu_us_per_point": _median(runs, "worker_cpu_us_per_point"),
+    pps = median_of(runs, "points_per_s")
+    e = {"points_per_s": pps, "windows_per_s": median_of(runs, "windows_per_s"),
+         "worker_cpu_us_per_point": median_of(runs, "worker_cpu_us_per_point"),
          "ratio_to_passthrough": pps / passthrough_points_per_s, "runs": runs}
     if cal is not None:
         e["cpu_per_point_in_python_loop_iterations"] = e["worker_cpu_us_per_point"] * 1e3 / cal["python_loop_ns_per_iteration"]
@@ -415,7 +412,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     models_dir = workdir / "models"
     res: dict[str, Any] = {"benchmark": "scaling", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "machine": machine(),
-                           "background_start": _background(), "sources": [], "windows": []}
+                           "background_start": background_load(), "sources": [], "windows": []}
     plan = [(m, SCALING_WINDOWS[0]) for m in args.scaling_sources] + [(args.scaling_window_sources, w)
                                                                       for w in SCALING_WINDOWS[1:]]
     with EmbeddedBroker() as broker:
@@ -425,7 +422,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
             per_source = max(-(-args.scaling_points // sources), 2 * window)
             batch = min(args.batch_points, per_source)
             topic = f"scale-{i}"
-            _config(broker, model, f"scale-{i}-topics", topic_input=topic)
+            worker_config_for(broker, model, f"scale-{i}-topics", topic_input=topic)
             msgs = preload_messages(sources, per_source * sources, ["ch00"], batch, seed=i)
             produce(broker.bootstrap, topic, msgs)
             n_points = per_source * sources
@@ -447,7 +444,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
         slope = float(np.polyfit(x, y, 1)[0])
         res["bytes_per_source"] = slope
         res["bytes_per_idle_source_beyond_window_buffer"] = slope - rows[0]["window_buffer_bytes"]
-    res["background_end"] = _background()
+    res["background_end"] = background_load()
     return res
 
 
@@ -581,12 +578,6 @@ def run_from_args(args: argparse.Namespace) -> Report | int:
 
 
 class ThroughputBenchmark(Benchmark):
-    name = "throughput"
-    description = __doc__.splitlines()[0]
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
     def main(self, argv: list[str] | None = None) -> int:
         """``_passthrough ...``: the child process of :func:`run_passthrough`, not a benchmark."""
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -594,16 +585,9 @@ class ThroughputBenchmark(Benchmark):
             return _passthrough_main(argv[1:])
         return super().main(argv)
 
-    def run(self, args: argparse.Namespace) -> Report | int:
-        return run_from_args(args)
 
-
-BENCHMARK = ThroughputBenchmark()
-build_parser = BENCHMARK.build_parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return BENCHMARK.main(argv)
+BENCHMARK = ThroughputBenchmark("throughput", __doc__.splitlines()[0], add_arguments, run_from_args)
+build_parser, main = BENCHMARK.build_parser, BENCHMARK.main
 
 
 if __name__ == "__main__":

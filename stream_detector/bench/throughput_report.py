@@ -64,7 +64,7 @@ def throughput_markdown(res: dict[str, Any]) -> str:
         for t in res["targets"]:
             fmt = (lambda v: f"{v:.2f}") if t["unit"] == "ratio" else (lambda v: f"{v:.0f} ms")
             lines.append(f"| {t['target']} | {fmt(t['value'])} | {'>=' if t['unit'] == 'ratio' else '<='} "
-                         f"{fmt(t['bound'])} | {_met(t['met'])} |")
+                         f"{fmt(t['bound'])} | {target_mark(t['met'])} |")
         lines.append("")
     lines += [
         "## The detector",
@@ -134,7 +134,7 @@ def _ratio(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _met(ok: bool) -> str:
+def target_mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
@@ -151,7 +151,7 @@ def many_models_markdown(mm: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['models']} | {row['sources']} | {row['points_per_s']:,.0f} | {row['windows_per_s']:,.0f} | "
                      f"{row['worker_cpu_us_per_point']:.1f} | {row['rss_bytes'] / 2**20:.0f} |")
     lines += ["", (f"{mm['models']} models reach {mm['ratio']:.0%} of the one-model points/s (target: at least "
-              f"{mm['target']:.0%}: {_met(mm['target_met'])}); the extra sessions cost "
+              f"{mm['target']:.0%}: {target_mark(mm['target_met'])}); the extra sessions cost "
               f"{mm['rss_increase_bytes'] / 2**20:,.0f} MiB of worker RSS "
               f"({mm['rss_increase_bytes'] / max(mm['models'] - 1, 1) / 2**20:.1f} MiB a model).")]
     return lines
@@ -174,7 +174,7 @@ def thresholds_markdown(th: dict[str, Any]) -> list[str]:
             lines.append(f"| {kind} | {m} | {row['points_per_s']:,.0f} | {row['windows_scored']:,} | "
                          f"{row['windows_published']:,} | {row['worker_cpu_us_per_point']:.1f} | "
                          f"{'-' if ratio is None else f'{ratio:.0%}'} | "
-                         f"{'-' if m == 'static' or ratio is None else _met(row['target_met'])} |")
+                         f"{'-' if m == 'static' or ratio is None else target_mark(row['target_met'])} |")
     specs = "; ".join(f"{m}: `{json.dumps(spec, sort_keys=True)}`" for m, spec in th["specs"].items())
     lines += ["", f"Threshold specifications (parameters in points, divided by the stride): {specs}."]
     return lines

@@ -59,7 +59,7 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _metric(text: str, name: str, labels: str = "") -> float:
+def metric_value(text: str, name: str, labels: str = "") -> float:
     """One sample of ``name`` with exactly ``labels``; without labels, the sum over every label set
     (``stream_detector_windows_scored_total`` is per model)."""
     import re
@@ -70,7 +70,7 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return sum(float(v) for v in re.findall(re.escape(name) + r"(?:\{[^}]*\})? ([0-9.eE+-]+)$", text, re.MULTILINE))
 
 
-def _rss_bytes(pid: int) -> int:
+def process_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -78,14 +78,14 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (robust to other load on the machine)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _background() -> dict[str, Any]:
+def background_load() -> dict[str, Any]:
     """Load average and the other benchmarks running beside this one (the machine has two cores)."""
     mine = {os.getpid(), os.getppid()}
     found = subprocess.run(["pgrep", "-af", r"stream.detector.* bench |stream_detector\.bench\.(paper|nab|telemanom)"],
@@ -134,7 +134,7 @@ def read_scores(bootstrap: str, topic: str, expected: int, timeout: float = 60.0
     return asyncio.run(_read_scores(bootstrap, topic, expected, timeout))
 
 
-def _config(broker, model: Path, name: str, **overrides):
+def worker_config_for(broker, model: Path, name: str, **overrides):
     from ..broker import free_port
     from ..runtime.config import WorkerConfig
     from ..runtime.worker import ensure_topics
@@ -165,8 +165,8 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
 
     published = n_windows if published is None else published
 
-    cfg = _config(broker, model, tag, topic_input=input_topic, **overrides)
-    before = _background()
+    cfg = worker_config_for(broker, model, tag, topic_input=input_topic, **overrides)
+    before = background_load()
     worker = WorkerProcess(cfg, workdir, name=tag)
     worker.start()
     spy = None
@@ -174,7 +174,7 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
         spy = profile.record(worker.proc.pid, profile_to)
         if spy is None:
             raise RuntimeError("--profile needs py-spy (pip install py-spy; `make install` brings it)")
-    cpu0 = _cpu_seconds(worker.proc.pid)
+    cpu0 = cpu_seconds(worker.proc.pid)
     t_zero = None
     t_first = None
     last_poll = time.time()
@@ -186,8 +186,8 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
         while time.monotonic() < deadline:
             now = time.time()
             text = worker.scrape(POLLED)
-            points = _metric(text, "stream_detector_points_total", 'status="ok"')
-            windows = _metric(text, "stream_detector_windows_scored_total")
+            points = metric_value(text, "stream_detector_points_total", 'status="ok"')
+            windows = metric_value(text, "stream_detector_windows_scored_total")
             if points == 0:
                 t_zero = now
             elif t_first is None:
@@ -201,8 +201,8 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
             # around it), then 4: the end is the last record's Kafka timestamp, and each poll
             # costs the worker an HTTP request
             time.sleep(0.05 if t_first is None else 0.25)
-        rss = _rss_bytes(worker.proc.pid)
-        cpu = _cpu_seconds(worker.proc.pid) - cpu0
+        rss = process_rss_bytes(worker.proc.pid)
+        cpu = cpu_seconds(worker.proc.pid) - cpu0
         text = worker.scrape()
     finally:
         worker.kill()  # a fresh consumer group per run: no clean shutdown needed
@@ -217,16 +217,16 @@ def run_detector(broker, model: Path, input_topic: str, tag: str, total_points: 
     if end_at_settle and t_settled is not None:
         end = max(end, t_settled)
     seconds = max(end - start, 0.05)  # never finer than the 50 ms polling that found the start
-    scored = _metric(text, "stream_detector_windows_scored_total")
+    scored = metric_value(text, "stream_detector_windows_scored_total")
     return {"points": total_points, "windows": len(scores), "expected_windows": published,
             "windows_scored": scored, "expected_windows_scored": n_windows,
             "models_scoring": len(re.findall(r'^stream_detector_windows_scored_total\{model="[^"]*"\} [1-9]', text,
                                              re.MULTILINE)),
             "seconds": seconds, "points_per_s": total_points / seconds, "windows_per_s": scored / seconds,
             "published_per_s": len(scores) / seconds,
-            "inference_calls": _metric(text, "stream_detector_inference_batch_windows_count"),
+            "inference_calls": metric_value(text, "stream_detector_inference_batch_windows_count"),
             "worker_cpu_seconds": cpu, "worker_cpu_us_per_point": 1e6 * cpu / total_points,
-            "rss_bytes": rss, "background_before": before, "background_after": _background()}
+            "rss_bytes": rss, "background_before": before, "background_after": background_load()}
 
 
 def run_passthrough(broker_url: str, topic: str, messages: int, tag: str, stock: bool, workdir: Path,
@@ -234,7 +234,7 @@ def run_passthrough(broker_url: str, topic: str, messages: int, tag: str, stock:
     """A Faust agent that does nothing, in a child process, on the same topic and settings."""
     out = workdir / f"{tag}.json"
     out.unlink(missing_ok=True)
-    before = _background()
+    before = background_load()
     with open(workdir / f"{tag}.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stream_detector.bench.throughput", "_passthrough",
                                  "--broker", broker_url, "--topic", topic, "--messages", str(messages), "--app-id",
@@ -249,7 +249,7 @@ def run_passthrough(broker_url: str, topic: str, messages: int, tag: str, stock:
     if not out.exists():
         raise RuntimeError(f"pass-through agent {tag} gave no result (see {workdir / (tag + '.log')})")
     res = json.loads(out.read_text())
-    res.update(background_before=before, background_after=_background())
+    res.update(background_before=before, background_after=background_load())
     return res
 
 
@@ -317,9 +317,9 @@ async def _drain_aiokafka(bootstrap: str, topic: str, messages: int) -> dict[str
 
 
 def run_aiokafka(bootstrap: str, topic: str, messages: int) -> dict[str, Any]:
-    before = _background()
+    before = background_load()
     res = asyncio.run(_drain_aiokafka(bootstrap, topic, messages))
-    res.update(background_before=before, background_after=_background())
+    res.update(background_before=before, background_after=background_load())
     return res
 
 
@@ -386,8 +386,8 @@ def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int
     """The worker at a given load (live producer); end-to-end latency percentiles in seconds."""
     from ..worker_process import WorkerProcess
 
-    cfg = _config(broker, model, tag, **overrides)
-    before = _background()
+    cfg = worker_config_for(broker, model, tag, **overrides)
+    before = background_load()
     worker = WorkerProcess(cfg, workdir, name=tag).start()
     try:
         time.sleep(1.0)  # the group is joined when Ready; let the first fetches settle
@@ -395,7 +395,7 @@ def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int
         # wait until the worker has caught up (its windows counter stops moving)
         last, stable_since, deadline = -1.0, time.monotonic(), time.monotonic() + 60
         while time.monotonic() < deadline:
-            n = _metric(worker.scrape(POLLED), "stream_detector_windows_scored_total")
+            n = metric_value(worker.scrape(POLLED), "stream_detector_windows_scored_total")
             if n != last:
                 last, stable_since = n, time.monotonic()
             elif time.monotonic() - stable_since > 0.5:
@@ -408,17 +408,17 @@ def run_latency(broker, model: Path, tag: str, channels: list[str], sources: int
     return {"points_per_s_offered": points_per_s, "points_sent": sent, "points_skipped_by_producer": skipped,
             "points_per_s_sent": sent / seconds, "sources": sources, "batch_points": batch,
             "seconds": seconds, "windows": len(scores), **{k: v for k, v in percentiles(lat).items()},
-            "max": float(max(lat)) if lat else None, "background_before": before, "background_after": _background()}
+            "max": float(max(lat)) if lat else None, "background_before": before, "background_after": background_load()}
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def _median(runs: list[dict], key: str) -> float:
+def median_of(runs: list[dict], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
-def _preload(broker, topic: str, sources: int, points: int, channels: list[str], batch: int, seed: int) -> tuple[int, int]:
+def preload_input(broker, topic: str, sources: int, points: int, channels: list[str], batch: int, seed: int) -> tuple[int, int]:
     """Pre-load a topic; returns (messages, points)."""
-    _config(broker, Path("."), topic, topic_input=topic)
+    worker_config_for(broker, Path("."), topic, topic_input=topic)
     msgs = preload_messages(sources, points, channels, batch, seed=seed)
     t = time.time()
     produce(broker.bootstrap, topic, msgs)
