@@ -23,9 +23,9 @@ from .publishing import AlertEvent, TopChannel, alert_event
 def static_rule(score: float, threshold: float, release: float) -> tuple[bool, bool]:
     """The static threshold's episode rule: ``(opens, holds)`` for one window's score.  An
     episode opens at a score at or above ``threshold`` and stays open while scores stay at or
-    above ``release`` (never above ``threshold``).  The worker's tracker and the offline
-    :func:`hysteresis_flags` both decide with it."""
-    return score >= threshold, score >= min(release, threshold)
+    above ``release`` (callers clip it to ``threshold`` once, not per window).  The worker's
+    tracker and the offline :func:`hysteresis_flags` both decide with it."""
+    return score >= threshold, score >= release
 
 
 def hysteresis_flags(scores: np.ndarray, threshold: float, release: float) -> np.ndarray:
@@ -36,7 +36,7 @@ def hysteresis_flags(scores: np.ndarray, threshold: float, release: float) -> np
     [False, True, True, False, False]
     """
     flags = np.zeros(len(scores), dtype=bool)
-    open_ = False
+    open_, release = False, min(release, threshold)
     for i, v in enumerate(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)):
         opens, holds = static_rule(v, threshold, release)
         open_ = opens or (open_ and holds)
