@@ -230,6 +230,27 @@ def test_adaptive_threshold_state_survives_a_restart(sequence_model, tmp_path, s
         assert any(r["is_anomaly"] for r in ref_recs) and alerts
 
 
+def test_a_producers_retry_is_counted_as_duplicate_not_dead_lettered(sequence_model):
+    """A retried send writes the same bytes at a new offset: skipped, the windows unchanged;
+    an old timestamp with other values is still a dead letter."""
+    cfg = WorkerConfig(model_dir=str(sequence_model), metrics_port=0)
+    chans = Detector(cfg).served["tiny"].channels
+    ts = 1.7e9 + np.arange(60.0)
+    msgs = messages("s", ts, series(60, 4, chans), 6)
+    ref = records(Detector(cfg).process(msgs))
+    retried = [InMessage(m.key, m.value, m.topic, m.partition, i) for i, m in
+               enumerate(x for m in msgs for x in ([m, m] if m.offset % 3 == 1 else [m]))]
+    before = metrics.MESSAGES_DUPLICATE._value.get()
+    out = Detector(cfg).process(retried)
+    assert records(out) == ref and not out.dead_letters
+    assert metrics.MESSAGES_DUPLICATE._value.get() - before == sum(m.offset % 3 == 1 for m in msgs)
+    changed = InMessage(b"s", encode_points(ts[-1], {c: 9.0 for c in chans}), "telemetry", 0, len(retried))
+    det = Detector(cfg)
+    det.process(retried)
+    (dead,) = [decode_record(v) for _, v in det.process([changed]).dead_letters]
+    assert dead["reason"] == "ts_not_increasing"
+
+
 def test_process_points_river_style(sequence_model):
     det = Detector(WorkerConfig(model_dir=str(sequence_model), metrics_port=0))
     chans = det.served["tiny"].channels

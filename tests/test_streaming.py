@@ -99,7 +99,8 @@ def test_bad_input_goes_to_dead_letters_and_good_data_keeps_flowing(broker, sequ
         (b"bad", msgpack.packb({"ts": 1.0, "values": {"a": 1, "b": "hot", "c": 3}}), "bad_value"),
         (b"bad", p(10.0, a=1, b=2, c=3), None),  # valid: sets the source's clock to 10
         (b"bad", p(5.0, a=1, b=2, c=3), "ts_not_increasing"),  # backwards
-        (b"bad", p(10.0, a=1, b=2, c=3), "ts_not_increasing"),  # repeated
+        (b"bad", p(10.0, a=9, b=2, c=3), "ts_not_increasing"),  # repeated, other values
+        (b"bad", p(10.0, a=1, b=2, c=3), None),  # a producer's retry: counted as duplicate
         (b"bad", p(list(np.arange(11.0, 411.0)), **{c: list(np.zeros(400)) for c in "abc"}), "oversize"),
         (b"bad", b"\xc1\x00 not a message", "undecodable"),
         (b"bad", msgpack.packb({"ts": [20.0, 21.0], "values": {"a": [1, 2], "b": [1], "c": [1, 2]}}), "bad_shape"),
@@ -128,6 +129,7 @@ def test_bad_input_goes_to_dead_letters_and_good_data_keeps_flowing(broker, sequ
         assert metric(text, "stream_detector_dead_letters_total", reason=reason) == count, reason
     assert metric(text, "stream_detector_messages_total", status="dead_letter") == len(expected_reasons)
     assert metric(text, "stream_detector_messages_total", status="ok") == len(good) + 1
+    assert metric(text, "stream_detector_messages_total", status="duplicate") == 1
 
 
 def test_sigkill_mid_stream_loses_no_window(broker, sequence_model, tmp_path):

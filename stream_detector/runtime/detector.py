@@ -23,6 +23,13 @@ into it.  After a crash Kafka redelivers from the last committed offset; message
 the saved offset were already windowed (and their records published before the state was
 saved), so they are skipped and counted as ``redelivered``.
 
+**Producer duplicates.**  A producer that retries a send after a lost acknowledgement (any
+producer without idempotence, through a cut connection) writes the same message again at a new
+offset.  A message whose bytes equal the source's previous message and whose timestamps are not
+later than the source's last is such a copy: it is skipped and counted as ``duplicate``, not
+dead-lettered (``ts_not_increasing``), since it carries nothing new.  Any other message with an
+old timestamp is still a dead letter.
+
 **Live versions.**  :meth:`prepare_refresh` (any thread) scans the repository and loads the
 sessions of new versions; :meth:`install` (event loop, between steps) swaps them in.  A source
 moves to the new version the next time it sends data, before its new points are windowed,
@@ -216,6 +223,9 @@ class Source:
     version: int
     partition: int = 0  # input partition (its state goes to the same changelog partition)
     last_seen: float = 0.0  # wall clock of the last message taken from it
+    # The raw value of the last message taken from it (not persisted): a producer's retry resends
+    # the same bytes at a new offset, which the offset check cannot recognise.
+    last_value: bytes | None = None
 
     @property
     def static(self) -> bool:
@@ -415,20 +425,23 @@ class Detector:
         prepared = Prepared()
         n_windows = 0
         # Counted here and added to the metrics once per part, not per message (cheaper).
-        ok = points_ok = redelivered = 0
+        ok = points_ok = redelivered = duplicates = 0
 
         def flush_counts() -> None:
-            nonlocal ok, points_ok, redelivered
+            nonlocal ok, points_ok, redelivered, duplicates
             metrics.MESSAGES_OK.inc(ok)
             metrics.POINTS_OK.inc(points_ok)
             if redelivered:
                 metrics.MESSAGES_REDELIVERED.inc(redelivered)
-            ok = points_ok = redelivered = 0
+            if duplicates:
+                metrics.MESSAGES_DUPLICATE.inc(duplicates)
+            ok = points_ok = redelivered = duplicates = 0
             metrics.SOURCES.set(len(self.sources))
 
         now = time.time()
         source_of = next(iter(self.served.values())).decoder.source_of  # the same rules for every model
         for msg in messages:
+            st = None
             try:
                 source = source_of(msg.key)
                 st = self._source(source, prepared)
@@ -442,8 +455,12 @@ class Detector:
                 batch = sw.push_point(points) if len(points) == 1 else sw.push_batch(points.ts, points.values)
                 sw.last_offset = int(msg.offset)
             except InvalidMessage as exc:
+                if exc.reason == "ts_not_increasing" and st is not None and msg.value == st.last_value:
+                    duplicates += 1
+                    continue
                 self._dead(prepared, msg, exc)
                 continue
+            st.last_value = msg.value
             ok += 1
             points_ok += len(points)
             prepared.touched[source] = st.partition = msg.partition

@@ -22,7 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger(__name__)
 
-MESSAGES = Counter("stream_detector_messages", "Input messages by outcome (ok, dead_letter, redelivered).", ["status"])
+MESSAGES = Counter("stream_detector_messages", "Input messages by outcome (ok, dead_letter, redelivered, duplicate).", ["status"])
 # Only status="ok" is emitted: a rejected or redelivered message's points are never decoded, so
 # they are counted by message in stream_detector_messages.  The label stays for the dashboards.
 POINTS = Counter("stream_detector_points", "Telemetry points taken into windows (status: ok; rejected and "
@@ -62,6 +62,7 @@ MODEL_VERSIONS_REFUSED = Counter("stream_detector_model_versions_refused",
 # The children the worker touches for every message, looked up once.
 MESSAGES_OK = MESSAGES.labels("ok")
 MESSAGES_REDELIVERED = MESSAGES.labels("redelivered")
+MESSAGES_DUPLICATE = MESSAGES.labels("duplicate")
 POINTS_OK = POINTS.labels("ok")
 SOURCE_SCORE = Gauge("stream_detector_source_score", "Latest window score per source (first N sources only).",
                      ["source"])
