@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install tools demo test bench clean
 
+# vus and TSB-AD without their dependencies: VUS-PR (TSB-AD computes it, vus is the tests'
+# reference) needs only their metric modules (numpy, scikit-learn, pandas), but the packages
+# declare tensorflow / transformers / numpy<2.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[train,bench,dev,test]"
+	$(BIN)/pip install -q --no-deps vus==0.0.6 TSB-AD==1.5
 	touch $(STAMP)
 
 install: $(STAMP)
