@@ -43,7 +43,7 @@ def test_telemanom_bench_writes_tables(tmp_path):
 
     _spacecraft(tmp_path / "toy")
     rc = main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--window", "16", "--iterations", "20",
-               "--max-seconds", "10", "--out", str(tmp_path / "out"), "--name", "toy", "--models",
+               "--detectors", "wgan", "--seeds", "0", "--out", str(tmp_path / "out"), "--name", "toy", "--models",
                str(tmp_path / "models")])
     assert rc == 0
     result = json.loads((tmp_path / "out" / "toy.json").read_text())
@@ -58,7 +58,7 @@ def test_telemanom_bench_writes_tables(tmp_path):
         hit = [seg for seg in r["methods"]["quantile"]["predicted"] if seg[0] <= 439 and seg[1] >= 400]
         assert len(hit) == 1 and 400 <= hit[0][0] < 400 + 16, hit
         # AUPRC / ROC-AUC are those of the saved per-point scores against the labels (NaN-free part)
-        with np.load(tmp_path / "models" / r["channel"] / "scores.npz") as z:
+        with np.load(tmp_path / "models" / "wgan" / "seed0" / r["channel"] / "scores.npz") as z:
             scores = z["test_scores"]
         ok, labels = np.isfinite(scores), _labels(700, 400, 439)
         assert ok.sum() == 700 - 15  # one window (16) before the first score

@@ -24,8 +24,18 @@ calibration scores, the card's threshold and release level, timings), and ``--re
 re-applies the thresholds to them without training anything.
 
 Reported per channel and in total: event-level F1 (overlapping segments, Orion's counting:
-tp/fp/fn summed over channels), precision, recall, point-adjusted F1, AUPRC, ROC-AUC, and
-the training and scoring seconds.  Labels are read only by the evaluation.
+tp/fp/fn summed over channels), precision, recall, point-adjusted F1, AUPRC, ROC-AUC, VUS-PR
+(TSB-AD), ESA-ADB's corrected event-wise F0.5 and the affiliation F1 (telemeval) of the
+``telemanom`` detections, and the training and scoring seconds.  Labels are read only by the
+evaluation.
+
+**Detectors and seeds.**  ``--detectors wgan,zscore,iforest,hst,lstm`` (default: all) runs the
+WGAN model and the peers of :mod:`stream_detector.bench.peers` on the same channels, thresholded
+by the same procedures; ``--seeds 0,1,2`` (default) repeats every detector per seed, and the
+report gives each figure as mean ± standard deviation over the seeds.  Training is budgeted in
+iterations (``max_seconds`` is off by default), so a seed on a machine gives the same scores
+again.  Raw scores go to ``<models>/<detector>/seed<k>/<chan>/scores.npz``; ``--rescore DIR``
+re-reads them all.
 """
 
 from __future__ import annotations
@@ -45,19 +55,22 @@ import numpy as np
 
 from ..training.fit import ConfigKeyError, SeriesModelConfig
 from . import machine
+from .comparison import DETECTORS, aggregate, cell, parse_detectors, parse_seeds
 from .framework import Benchmark, Report
 
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
                      "TadGAN (Geiger et al. 2020)": 0.573}
 METHODS = ("quantile", "pot", "dynamic", "telemanom")
-DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, latent_dim=None, iterations=1500,
-                      encoder_iterations=1500, encoder_mode="izi_f", kappa=1.0, max_seconds=25.0, channels="0",
+# Training budgeted in iterations (200 generator steps of 5 critic steps, 200 encoder steps; about
+# what the former 25 s budget reached on one core), never in seconds: a seed gives the same scores.
+DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, latent_dim=None, iterations=200,
+                      encoder_iterations=200, encoder_mode="izi_f", kappa=1.0, max_seconds=None, channels="0",
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
                       telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
-                      telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, seed=0)
+                      telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, vus_window=100, seed=0)
 # keys of the flat configuration that are the runner's own (channels read, thresholds, evaluation)
 RUNNER_KEYS = tuple(k for k in DEFAULT_CONFIG if k.startswith(("telemanom_", "dynamic_"))) + (
-    "channels", "pot_risk", "merge_gap")
+    "channels", "pot_risk", "merge_gap", "vus_window")
 
 
 @dataclass(frozen=True)
@@ -103,34 +116,48 @@ def _event_report(labels: np.ndarray, flagged: np.ndarray, merge_gap: int) -> di
 
 
 def run_channel(task: dict) -> dict:
-    """Train, score and evaluate one channel (runs in a worker process)."""
+    """Fit, score and evaluate one channel with the task's detector (runs in a worker process):
+    the WGAN model (``wgan``) or a peer of :mod:`stream_detector.bench.peers`."""
+    c, d, chan = task["config"], Path(task["data"]), task["channel"]
+    detector = task.get("detector", "wgan")
+    train_all = np.load(d / "train" / f"{chan}.npy").astype(np.float32)
+    test_all = np.load(d / "test" / f"{chan}.npy").astype(np.float32)
+    cols = _columns(c["channels"], train_all.shape[1])
+    model_dir = Path(task["models"]) / chan
+    if detector == "wgan":
+        saved = _wgan_scores(task, train_all[:, cols], test_all[:, cols], cols, model_dir)
+    else:
+        from .peers import fit_and_score_peer, make_peer
+
+        peer = make_peer(detector, cols, int(c["seed"]), **({"threads": task["threads"]} if detector == "lstm" else {}))
+        saved = fit_and_score_peer(peer, train_all, test_all)  # the LSTM reads every column, as telemanom's
+    if task.get("keep_scores"):
+        model_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(model_dir / "scores.npz", **saved)
+    return evaluate_channel(chan, d, c, saved)
+
+
+def _wgan_scores(task: dict, train: np.ndarray, test: np.ndarray, cols: list[int], model_dir: Path) -> dict:
+    """Train the WGAN model on ``train`` (its last 20 % held out), score ``test`` and the held-out part."""
     import torch
 
     from ..training.fit import fit_and_score, score_with_model
 
     torch.set_num_threads(task["threads"])
-    c, d, chan = task["config"], Path(task["data"]), task["channel"]
-    model = TelemanomConfig.from_dict(c).model
-    train_all = np.load(d / "train" / f"{chan}.npy").astype(np.float32)
-    test_all = np.load(d / "test" / f"{chan}.npy").astype(np.float32)
-    cols = _columns(c["channels"], train_all.shape[1])
-    train, test = train_all[:, cols], test_all[:, cols]
+    model = TelemanomConfig.from_dict(task["config"]).model
     calib_points = max(int(0.2 * len(train)), model.window + 50)
     fraction = 1.0 - calib_points / len(train)
-    fit = fit_and_score(train, test, [f"c{i}" for i in cols], Path(task["models"]) / chan, model,
-                        train_fraction=fraction, name=chan, source=f"{d.name}/train/{chan}.npy",
+    fit = fit_and_score(train, test, [f"c{i}" for i in cols], model_dir, model, train_fraction=fraction,
+                        name=task["channel"], source=f"{Path(task['data']).name}/train/{task['channel']}.npy",
                         threads=task["threads"])
     card, scores = fit.card, fit.points
     calib = score_with_model(fit.scores.scorer, train[len(train) - calib_points:], stride=1).windows["scores"]
-    saved = {"test_scores": scores, "calibration_scores": np.asarray(calib, dtype=np.float64),
-             "quantile_threshold": card.threshold["value"], "release": card.threshold["release"],
-             "train_points": len(train), "train_seconds": fit.train_seconds, "score_seconds": fit.scores.seconds,
-             "stopped_early_by_budget": bool(card.training["stopped_early_by_budget"])}
-    model_dir = Path(task["models"]) / chan
     if task.get("keep_scores"):
         np.save(model_dir / "test_scores.npy", scores)
-        np.savez(model_dir / "scores.npz", **saved)
-    return evaluate_channel(chan, d, c, saved)
+    return {"test_scores": scores, "calibration_scores": np.asarray(calib, dtype=np.float64),
+            "quantile_threshold": card.threshold["value"], "release": card.threshold["release"],
+            "train_points": len(train), "train_seconds": fit.train_seconds, "score_seconds": fit.scores.seconds,
+            "stopped_early_by_budget": bool(card.training["stopped_early_by_budget"])}
 
 
 def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
@@ -146,10 +173,21 @@ def evaluate_channel(chan: str, data: Path, c: dict, saved: dict) -> dict:
     both = y.any() and not y.all()
     return {"channel": chan, "points": int(len(scores)), "train_points": int(saved["train_points"]),
             "label_ranges": ranges, "auprc": auprc(y, s) if both else None, "roc_auc": roc_auc(y, s) if both else None,
+            "range_metrics": range_metrics(labels, scores, flags["telemanom"], int({**DEFAULT_CONFIG, **c}["vus_window"]))
+            if both and finite.any() else None,
             "train_seconds": round(float(saved["train_seconds"]), 1),
             "score_seconds": round(float(saved["score_seconds"]), 2),
             "stopped_early_by_budget": bool(saved["stopped_early_by_budget"]), "thresholds": thresholds,
             "methods": {m: _event_report(labels, flags[m], c["merge_gap"]) for m in METHODS}}
+
+
+def range_metrics(labels: np.ndarray, scores: np.ndarray, flags: np.ndarray, vus_window: int) -> dict:
+    """VUS-PR / VUS-ROC of the scores, ESA-ADB's corrected event-wise F0.5 and the affiliation F1
+    of the ``telemanom`` detections (the spacecraft benchmarks' metrics, from their packages)."""
+    from ..training.range_metrics import affiliation_f1, esa_event_f05, vus_pr
+
+    return {**vus_pr(labels, scores, vus_window), "esa_f05": esa_event_f05(labels, flags)["f05"],
+            "affiliation_f1": affiliation_f1(labels, flags)["f1"]}
 
 
 def _labels(data: Path, chan: str, n: int) -> tuple[list, np.ndarray]:
@@ -207,8 +245,11 @@ def summarise(rows: list[dict]) -> dict:
                     "mean_point_adjusted_f1": float(np.mean([r["methods"][m]["point_adjusted_f1"] for r in rows]))}
     au = [r["auprc"] for r in rows if r["auprc"] is not None]
     ra = [r["roc_auc"] for r in rows if r["roc_auc"] is not None]
+    rm = [r["range_metrics"] for r in rows if r.get("range_metrics")]
     return {"methods": total, "mean_auprc": float(np.mean(au)) if au else None,
             "mean_roc_auc": float(np.mean(ra)) if ra else None,
+            **{f"mean_{k}": float(np.mean([m[k] for m in rm])) if rm else None
+               for k in ("vus_pr", "vus_roc", "esa_f05", "affiliation_f1")},
             "train_seconds": round(sum(r["train_seconds"] for r in rows), 1),
             "score_seconds": round(sum(r["score_seconds"] for r in rows), 1), "channels": len(rows)}
 
@@ -223,8 +264,12 @@ def markdown(result: dict) -> str:
                 f"{result['wall_seconds']:.0f} s; nothing retrained)." if result.get("rescored_from")
                 else f"(wall clock {result['wall_seconds']:.0f} s)."), "",
              "One configuration for every channel, fixed before any test label was read: "
-             + ", ".join(f"`{k}={v}`" for k, v in cfg.items()) + ".", "",
-             "## Totals (event-level: tp/fp/fn summed over channels, overlapping segments)", "",
+             + ", ".join(f"`{k}={v}`" for k, v in cfg.items()) + ".", ""]
+    if result.get("comparison"):
+        lines += comparison_markdown(result)
+    p = result.get("primary", {"detector": "wgan", "seed": cfg.get("seed", 0)})
+    lines += [f"## Totals of `{p['detector']}`, seed {p['seed']} (event-level: tp/fp/fn summed over channels, "
+              "overlapping segments)", "",
              "| threshold | precision | recall | event F1 | tp | fp | fn | mean point-adjusted F1 |", "|---|---|---|---|---|---|---|---|"]
     for m in METHODS:
         t = s["methods"][m]
@@ -249,6 +294,46 @@ def markdown(result: dict) -> str:
     if failed:
         lines += ["", "Channels that could not be run: " + "; ".join(f"{f['channel']} ({f['error']})" for f in failed)]
     return "\n".join(lines) + "\n"
+
+
+HEADLINE = (("telemanom.f1", "event F1"), ("telemanom.precision", "precision"), ("telemanom.recall", "recall"),
+            ("mean_roc_auc", "ROC-AUC"), ("mean_auprc", "AUPRC"), ("mean_vus_pr", "VUS-PR"),
+            ("mean_esa_f05", "ESA event F0.5"), ("mean_affiliation_f1", "affiliation F1"))
+
+
+def comparison_markdown(result: dict) -> list[str]:
+    """The detectors side by side: mean ± std over their seeds, then each seed's event F1."""
+    cmp, seeds = result["comparison"], result["seeds_run"]
+    libs = result.get("libraries", {})
+    lines = ["## Detectors side by side (mean ± standard deviation over seeds)", "",
+             "Every detector trained on the same train splits and thresholded by the same label-free procedures; "
+             "`wgan` is this project's model, the others are the peers of `stream_detector.bench.peers` ("
+             + ", ".join(f"{k} {v}" for k, v in libs.items() if v) + "). Event F1, precision and recall use "
+             "telemanom's threshold procedure (tp/fp/fn summed over channels, Orion's counting); ROC-AUC, AUPRC and "
+             "VUS-PR are means over channels of the raw scores; ESA event F0.5 (corrected, ESA-ADB) and affiliation "
+             "F1 are means over channels of the telemanom detections.", "",
+             "| detector | seeds | " + " | ".join(h for _, h in HEADLINE) + " | train s |",
+             "|---|---|" + "---|" * (len(HEADLINE) + 1)]
+    for det, figs in cmp.items():
+        lines.append(f"| {det} | {','.join(map(str, seeds[det]))} | "
+                     + " | ".join(cell(figs.get(k)) for k, _ in HEADLINE)
+                     + f" | {cell(figs.get('train_seconds'), 0)} |")
+    lines += ["", "Event F1 under each threshold procedure (mean ± std over seeds):", "",
+              "| detector | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    for det, figs in cmp.items():
+        lines.append(f"| {det} | " + " | ".join(cell(figs.get(f"{m}.f1")) for m in METHODS) + " |")
+    lines += ["", "Each seed (telemanom threshold):", "", "| detector | seed | event F1 | tp | fp | fn | ROC-AUC |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result.get("runs", []):
+        t, sm = r["summary"]["methods"]["telemanom"], r["summary"]
+        roc = "—" if sm["mean_roc_auc"] is None else f"{sm['mean_roc_auc']:.3f}"
+        lines.append(f"| {r['detector']} | {r['seed']} | {t['f1']:.3f} | {t['tp']} | {t['fp']} | {t['fn']} | {roc} |")
+    failed = result.get("failed") or []
+    if failed:
+        lines += ["", f"{len(failed)} (detector, seed, channel) runs failed: "
+                  + "; ".join(f"{f.get('detector', 'wgan')}/{f.get('seed', '')}/{f['channel']} ({f['error']})"
+                              for f in failed[:10])]
+    return lines + [""]
 
 
 def _plots(result: dict, data: Path, models: Path, out: Path) -> list[str]:
@@ -277,10 +362,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacecraft", default="SMAP", help="rows of labeled_anomalies.csv to use ('' for all)")
     p.add_argument("--limit", type=int, help="only the first N channels (smoke runs)")
     p.add_argument("--only", help="comma-separated channel ids")
+    p.add_argument("--detectors", default="all",
+                   help=f"comma-separated, from {', '.join(DETECTORS)}, or 'all' (default): the WGAN model and its "
+                        "peers, each on the same channels with the same thresholds")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2); figures are "
+                                                     "reported as mean ± std over them")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads per job")
-    p.add_argument("--max-seconds", type=float, help=f"training budget per channel (default {DEFAULT_CONFIG['max_seconds']})")
-    p.add_argument("--iterations", type=int)
+    p.add_argument("--max-seconds", type=float, help="wall-clock cap on the WGAN's training per channel (default: "
+                                                      "none; budgets are iterations, so a seed gives the same scores)")
+    p.add_argument("--iterations", type=int, help=f"WGAN generator and encoder steps (default "
+                                                   f"{DEFAULT_CONFIG['iterations']})")
     p.add_argument("--window", type=int)
     p.add_argument("--transform", choices=["sequence", "distance-plot"])
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
@@ -302,9 +394,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the worker's records before reporting what is missing")
 
 
+def flat_summary(summary: dict) -> dict:
+    """One run's totals as flat figures (``telemanom.f1``, ``mean_roc_auc``, ...) for :func:`aggregate`."""
+    out = {k: summary.get(k) for k in ("mean_auprc", "mean_roc_auc", "mean_vus_pr", "mean_vus_roc", "mean_esa_f05",
+                                       "mean_affiliation_f1", "train_seconds", "score_seconds")}
+    for m, t in summary["methods"].items():
+        out.update({f"{m}.{k}": t[k] for k in ("f1", "precision", "recall", "tp", "fp", "fn")})
+    return out
+
+
+def saved_runs(models: Path) -> list[tuple[str, int, Path]]:
+    """``(detector, seed, folder)`` of every run saved under ``models``: ``<detector>/seed<k>/``,
+    or a run from before detectors and seeds (``<chan>/scores.npz`` directly: the WGAN model)."""
+    runs = [(det.name, int(sd.name[4:]), sd) for det in sorted(models.iterdir()) if det.name in DETECTORS
+            for sd in sorted(det.iterdir()) if sd.name.startswith("seed") and sd.name[4:].isdigit()]
+    if not runs and any(models.glob("*/scores.npz")):
+        cfg = json.loads((models / "config.json").read_text()) if (models / "config.json").exists() else {}
+        runs = [("wgan", int(cfg.get("seed", 0)), models)]
+    return runs
+
+
 def run(a: argparse.Namespace) -> Report:
-    """Train, score and threshold every channel (or ``--rescore`` a run), plot the best and worst
-    channel into ``--out``; ``--via-worker`` runs :func:`via_worker_main` instead."""
+    """Fit, score and threshold every channel with every detector and seed (or ``--rescore`` a
+    run), plot the best and worst channel of the first WGAN run into ``--out``; ``--via-worker``
+    runs :func:`via_worker_main` instead."""
     from ..errors import UserError
 
     data = Path(a.data)
@@ -319,7 +432,8 @@ def run(a: argparse.Namespace) -> Report:
         cfg["encoder_iterations"] = a.iterations
     try:
         TelemanomConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
-    except ConfigKeyError as e:
+        detectors, seeds = parse_detectors(a.detectors), parse_seeds(a.seeds)
+    except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
     chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
     chans = chans[: a.limit] if a.limit else chans
@@ -329,52 +443,78 @@ def run(a: argparse.Namespace) -> Report:
         models = Path(a.rescore)
         if not models.is_dir():
             raise UserError(f"--rescore {models}: no such folder")
-        if (models / "config.json").exists():  # the run's own configuration; threshold keys may be newer
-            cfg = {**cfg, **json.loads((models / "config.json").read_text())}
-        chans = [ch for ch in chans if (models / ch / "scores.npz").exists()]
-        if not chans:
-            raise UserError(f"--rescore {models}: no <channel>/scores.npz there")
+        runs = saved_runs(models)
+        if not any((folder / ch / "scores.npz").exists() for _, _, folder in runs for ch in chans):
+            raise UserError(f"--rescore {models}: no <detector>/seed<k>/<channel>/scores.npz (or <channel>/scores.npz) "
+                            "there")
+        first = runs[0][2] / "config.json"
+        if first.exists():  # the report shows the run's own configuration; newer keys default
+            cfg = {**cfg, **json.loads(first.read_text())}
     else:
         models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-telemanom-"))
-        models.mkdir(parents=True, exist_ok=True)
-        (models / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-    tasks = [{"channel": c, "data": str(data), "models": str(models), "config": cfg, "threads": a.threads,
-              "keep_scores": True} for c in chans]
+        runs = [(det, seed, models / det / f"seed{seed}") for det in detectors for seed in seeds]
+        for det, seed, folder in runs:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({**cfg, "seed": seed}, indent=1) + "\n")
+    tasks = []
+    cost = {d: i for i, d in enumerate(("zscore", "iforest", "wgan", "hst", "lstm"))}  # cheap ones report first
+    for det, seed, folder in sorted(runs, key=lambda r: (cost.get(r[0], 9), r[1])):
+        run_cfg = {**cfg, "seed": seed}
+        if a.rescore and (folder / "config.json").exists():  # the run's own configuration; newer keys default
+            run_cfg = {**run_cfg, **json.loads((folder / "config.json").read_text())}
+        tasks += [{"channel": ch, "data": str(data), "models": str(folder), "config": run_cfg, "threads": a.threads,
+                   "keep_scores": True, "detector": det, "seed": seed}
+                  for ch in chans if not a.rescore or (folder / ch / "scores.npz").exists()]
     work = rescore_channel if a.rescore else run_channel
     started = time.monotonic()
-    rows, failed = [], []
+    groups: dict[tuple[str, int], list[dict]] = {}
+    failed = []
     import multiprocessing as mp
 
     with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
         for task, fut in [(t, pool.submit(work, t)) for t in tasks]:
+            tag = f"{task['detector']} seed {task['seed']} {task['channel']}"
             try:
                 r = fut.result()
-                rows.append(r)
+                groups.setdefault((task["detector"], task["seed"]), []).append(r)
                 m = r["methods"]
-                print(f"{r['channel']}: AUPRC {r['auprc'] if r['auprc'] is None else round(r['auprc'], 3)} "
+                print(f"{tag}: AUPRC {r['auprc'] if r['auprc'] is None else round(r['auprc'], 3)} "
                       + " ".join(f"{k} tp/fp/fn {v['tp']}/{v['fp']}/{v['fn']}" for k, v in m.items())
                       + f" ({r['train_seconds']:.0f} s)", flush=True)
             except Exception as e:  # one failing channel is reported, not fatal for the corpus
-                failed.append({"channel": task["channel"], "error": f"{type(e).__name__}: {e}"})
-                print(f"{task['channel']}: failed: {e}", flush=True)
-    if not rows:
+                failed.append({"detector": task["detector"], "seed": task["seed"], "channel": task["channel"],
+                               "error": f"{type(e).__name__}: {e}"})
+                print(f"{tag}: failed: {e}", flush=True)
+    if not groups:
         raise UserError("no channel could be run: " + "; ".join(f"{f['channel']}: {f['error']}" for f in failed))
     import torch
 
+    from .peers import versions
+
+    order = sorted(groups, key=lambda k: (DETECTORS.index(k[0]), k[1]))
+    results = [{"detector": det, "seed": seed, "summary": summarise(groups[det, seed]), "channels": groups[det, seed]}
+               for det, seed in order]
+    per_seed: dict[str, dict[int, dict]] = {}
+    for r in results:
+        per_seed.setdefault(r["detector"], {})[r["seed"]] = flat_summary(r["summary"])
+    primary = next((r for r in results if r["detector"] == "wgan"), results[0])
     name = a.name or data.name.lower()
     result = {"dataset": name.upper(), "data": str(data), "config": cfg, "jobs": a.jobs, "threads": a.threads,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-              "load_average": [round(v, 2) for v in os.getloadavg()],
-              "wall_seconds": round(time.monotonic() - started, 1), "summary": summarise(rows), "channels": rows,
-              "failed": failed}
+              "machine": f"{machine.cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}",
+              "libraries": versions(), "load_average": [round(v, 2) for v in os.getloadavg()],
+              "wall_seconds": round(time.monotonic() - started, 1),
+              "comparison": aggregate(per_seed), "seeds_run": {d: sorted(v) for d, v in per_seed.items()},
+              "primary": {"detector": primary["detector"], "seed": primary["seed"]},
+              "summary": primary["summary"], "channels": primary["channels"], "runs": results, "failed": failed}
     if a.rescore:
         result["rescored_from"] = str(models)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result["plots"] = _plots(result, data, models, out)
-    s = result["summary"]["methods"]
-    return Report(name, result, markdown, "; ".join(
-        f"{m}: event F1 {s[m]['f1']:.3f} (P {s[m]['precision']:.3f} R {s[m]['recall']:.3f})" for m in METHODS))
+    folder = next(f for d, sd, f in runs if (d, sd) == (primary["detector"], primary["seed"]))
+    result["plots"] = _plots(result, data, folder, out)
+    cmp = result["comparison"]
+    return Report(name, result, markdown, "telemanom threshold, event F1: " + "; ".join(
+        f"{d} {cell(cmp[d]['telemanom.f1'])}" for d in per_seed))
 
 
 BENCHMARK = Benchmark("telemanom", __doc__.splitlines()[0], add_arguments, run)
