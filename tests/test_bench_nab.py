@@ -22,6 +22,7 @@ import pytest
 from stream_detector.bench import nab
 from stream_detector.bench import nab_scorer as ns
 from stream_detector.bench.datasets import data_root
+from stream_detector.errors import UserError
 
 # NAB's three profiles, as in NAB v1.1's config/profiles.json (used when the shared copy is absent).
 STANDARD_PROFILES = {
@@ -270,8 +271,8 @@ def nab_folder(tmp_path) -> Path:
 def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     out, results, models = tmp_path / "out", tmp_path / "results", tmp_path / "models"
     rc = nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(results),
-                   "--models", str(models), "--iterations", "20", "--max-seconds", "1",
-                   "--jobs", "1", "--threads", "1", "--name", "nabtest"])
+                   "--models", str(models), "--iterations", "20", "--max-seconds", "1", "--detectors", "wgan",
+                   "--seeds", "0", "--jobs", "1", "--threads", "1", "--name", "nabtest"])
     assert rc == 0
     report = json.loads((out / "nabtest.json").read_text())
     assert report["files"] == 3
@@ -291,7 +292,7 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
 
     for name in names:
         category, fname = name.split("/")
-        path = results / "streamdetector" / category / f"streamdetector_{fname}"
+        path = results / "wgan-seed0" / category / f"wgan-seed0_{fname}"
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
         with open(nab_folder / "data" / name, newline="") as fh:
@@ -307,7 +308,7 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
         assert "raw_score" in rows[0]
 
     # The runner's files are what our scorer reads back, and give the same figures.
-    again = ns.score_corpus(results / "streamdetector", nab_folder / "labels" / "combined_windows.json",
+    again = ns.score_corpus(results / "wgan-seed0", nab_folder / "labels" / "combined_windows.json",
                             nab_folder / "config" / "profiles.json", data_dir=nab_folder / "data")
     for profile, s in again.items():
         assert s["score"] == pytest.approx(report["scores"][profile]["score"])
@@ -323,7 +324,7 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "results4"),
                      "--rescore", str(results), "--post", "rank", "--name", "nabtest_rank"]) == 0
     assert json.loads((out / "nabtest_rank.json").read_text())["config"]["post"] == "rank"
-    with open(tmp_path / "results4" / "streamdetector" / "catA" / "streamdetector_sine_spike.csv", newline="") as fh:
+    with open(tmp_path / "results4" / "wgan-seed0" / "catA" / "wgan-seed0_sine_spike.csv", newline="") as fh:
         ranks = np.array([float(r["anomaly_score"]) for r in csv.DictReader(fh)])
     assert ranks[0] == 0.0 and ranks.max() > 0.0
     md = (out / "nabtest.md").read_text()
@@ -331,6 +332,38 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     assert len(report["plots"]) == 2
     for png in report["plots"]:
         assert (out / png).stat().st_size > 1000 and png.startswith(("nabtest_best_", "nabtest_worst_"))
+
+
+def test_peers_and_seeds_side_by_side(nab_folder, tmp_path):
+    """The peers under NAB's rules, two seeds each: every run is NAB-scored, the comparison is
+    the mean and spread of the runs, the deterministic |z| has no spread, and --rescore of the
+    results folder gives the same scores without fitting anything."""
+    pytest.importorskip("river")
+    out, results = tmp_path / "out", tmp_path / "results"
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(results), "--detectors",
+                     "zscore,iforest,hst", "--seeds", "0,1", "--name", "peers"]) == 0
+    report = json.loads((out / "peers.json").read_text())
+    assert [(r["detector"], r["seed"]) for r in report["runs"]] == [
+        ("zscore", 0), ("zscore", 1), ("iforest", 0), ("iforest", 1), ("hst", 0), ("hst", 1)]
+    for det in ("zscore", "iforest", "hst"):
+        runs = [r["scores"]["standard"]["score"] for r in report["runs"] if r["detector"] == det]
+        agg = report["comparison"][det]["standard"]
+        assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(runs))
+        assert agg["std"] == pytest.approx(np.std(runs, ddof=1))
+        assert (results / f"{det}-seed0" / "catA" / f"{det}-seed0_sine_spike.csv").exists()
+    assert report["comparison"]["zscore"]["standard"]["std"] == 0.0
+    # |z| sees both the spike and the level step: something is detected on the standard profile
+    z = next(r for r in report["runs"] if r["detector"] == "zscore")["scores"]["standard"]
+    assert z["tp"] >= 1
+    md = (out / "peers.md").read_text()
+    assert "Detectors side by side" in md and "| zscore | 0,1 |" in md and "river" in md
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "again"),
+                     "--rescore", str(results), "--name", "peers_rescored"]) == 0
+    again = json.loads((out / "peers_rescored.json").read_text())
+    assert [r["scores"]["standard"]["score"] for r in again["runs"]] == pytest.approx(
+        [r["scores"]["standard"]["score"] for r in report["runs"]])
+    with pytest.raises(UserError, match="--detectors"):
+        nab.main(["--data", str(nab_folder), "--out", str(out), "--detectors", "svm"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,6 +31,14 @@ ones on the same models.
 
 ``--rescore RESULTS`` reapplies the post-processing to a previous run's saved raw scores
 without training.
+
+**Detectors and seeds.**  ``--detectors`` (default: all) runs the WGAN model (``wgan``) and the
+peers of :mod:`stream_detector.bench.peers` under the same rules (trained on the probation
+only, scored online, the same post-processing), ``--seeds 0,1,2`` (default) repeats each per
+seed, and the report gives every profile's score as mean ± std over the seeds.  Results go to
+``RESULTS/<detector>-seed<k>/`` in NAB's layout; models to ``--models DIR/<detector>/seed<k>/``.
+The LSTM's 250-point history is cut to a third of the probation on files whose probation is
+shorter than 750 points (NAB's files start with 150 to 750 probationary points).
 """
 
 from __future__ import annotations
@@ -51,11 +59,13 @@ from pathlib import Path
 import numpy as np
 
 from ..training.fit import ConfigKeyError, SeriesModelConfig
+from .comparison import DETECTORS, aggregate, cell, parse_detectors, parse_seeds
 from .framework import Benchmark, Report
 
 PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
-DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=1000, encoder_iterations=1000,
-                      encoder_mode="izi_f", kappa=1.0, max_seconds=15.0, probationary=0.15, smoothing=5, seed=0,
+# Training budgeted in iterations, never in seconds (a seed gives the same scores again).
+DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=200, encoder_iterations=200,
+                      encoder_mode="izi_f", kappa=1.0, max_seconds=None, probationary=0.15, smoothing=5, seed=0,
                       post="likelihood")
 POST = ("likelihood", "rank")
 # nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
@@ -177,13 +187,10 @@ def post_process(x: np.ndarray, cfg: dict, probationary: int) -> np.ndarray:
 
 
 def run_file(task: dict) -> dict:
-    """Train on the probationary part of one file and score every point online."""
-    import torch
-
-    from ..training.fit import fit_and_score
+    """Train on the probationary part of one file and score every point online, with the task's
+    detector: the WGAN model (``wgan``) or a peer of :mod:`stream_detector.bench.peers`."""
     from .nab_scorer import probationary_length
 
-    torch.set_num_threads(task["threads"])
     c = NabConfig.from_dict(task["config"])
     timestamps, values = read_nab_csv(Path(task["path"]))
     n, w = len(values), c.model.window
@@ -191,29 +198,51 @@ def run_file(task: dict) -> dict:
     # points that are scored afterwards, i.e. look ahead.
     prob = probationary_length(n, c.probationary)
     series = values.reshape(-1, 1)
-    fit = fit_and_score(series[:prob], series, ["value"], Path(task["models"]) / model_folder(task["name"]), c.model,
-                        train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"], threads=task["threads"])
+    detector = task.get("detector", "wgan")
+    if detector == "wgan":
+        import torch
+
+        from ..training.fit import fit_and_score
+
+        torch.set_num_threads(task["threads"])
+        fit = fit_and_score(series[:prob], series, ["value"], Path(task["models"]) / model_folder(task["name"]),
+                            c.model, train_fraction=max(0.5, 1 - (w + 20) / prob), name=task["name"],
+                            threads=task["threads"])
+        raw, train_seconds, score_seconds = fit.points, fit.train_seconds, fit.scores.seconds
+    else:
+        from .peers import make_peer
+
+        options = {"threads": task["threads"], "history": min(250, prob // 3)} if detector == "lstm" else {}
+        peer = make_peer(detector, [0], int(task["config"]["seed"]), **options)
+        started = time.monotonic()
+        peer.fit(series[:prob])
+        train_seconds = time.monotonic() - started
+        started = time.monotonic()
+        raw = peer.score(series)
+        score_seconds = time.monotonic() - started
     started = time.monotonic()
-    raw = fit.points
     likelihood = post_process(raw, task["config"], prob)
     return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
-            "raw": raw.tolist(), "points": n,
-            "probationary": prob, "train_seconds": round(fit.train_seconds, 1),
-            "score_seconds": round(fit.scores.seconds + time.monotonic() - started, 2)}
+            "raw": np.asarray(raw, dtype=np.float64).tolist(), "points": n,
+            "probationary": prob, "train_seconds": round(train_seconds, 1),
+            "score_seconds": round(score_seconds + time.monotonic() - started, 2)}
 
 
-def rescore_file(root: Path, results: Path, name: str, cfg: dict) -> dict:
-    """A file's row from a previous run's results CSV: its model scores (``raw_score``) with this
-    run's post-processing; nothing is trained."""
+def rescore_file(root: Path, detector_dir: Path, name: str, cfg: dict, window: int | None = None) -> dict:
+    """A file's row from a previous run's results CSV (``detector_dir``, NAB's layout): its model
+    scores (``raw_score``) with this run's post-processing; nothing is trained.  The first
+    ``window - 1`` points get no score (older runs wrote 0 there)."""
     from .nab_scorer import probationary_length
 
     category, fname = name.split("/")
-    with open(results / "streamdetector" / category / f"streamdetector_{fname}", newline="") as f:
+    det = detector_dir.name
+    with open(detector_dir / category / f"{det}_{fname}", newline="") as f:
         raw = np.array([float(r["raw_score"]) for r in csv.DictReader(f)])
     timestamps, values = read_nab_csv(root / "data" / name)
     if len(raw) != len(values):
         raise ValueError(f"{name}: {len(raw)} raw scores for {len(values)} rows")
-    raw[: cfg["window"] - 1] = np.nan  # no complete window yet (older runs wrote 0 there)
+    if window:
+        raw[: window - 1] = np.nan
     started = time.monotonic()
     prob = probationary_length(len(values), cfg["probationary"])
     likelihood = post_process(raw, cfg, prob)
@@ -229,17 +258,23 @@ def _files(root: Path) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="NAB folder (data/, labels/combined_windows.json, config/)")
     p.add_argument("--limit", type=int, help="only the first N files (smoke runs; the score is then not NAB's)")
+    p.add_argument("--detectors", default="all",
+                   help=f"comma-separated, from {', '.join(DETECTORS)}, or 'all' (default): the WGAN model and its "
+                        "peers under the same rules")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2); scores are "
+                                                     "reported as mean ± std over them")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-seconds", type=float, help=f"training budget per file (default {DEFAULT_CONFIG['max_seconds']})")
+    p.add_argument("--max-seconds", type=float, help="wall-clock cap on the WGAN's training per file (default: none; "
+                                                      "budgets are iterations)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--name", default="nab", help="output file stem (default nab)")
     p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
     p.add_argument("--post", choices=POST, help="raw score -> NAB score: 'likelihood' (default: Numenta's anomaly "
                    "likelihood, log-scaled as NAB's numenta detector) or 'rank' (causal rank of a 5-point average)")
-    p.add_argument("--rescore", help="a previous run's results folder (<detector>/<category>/*.csv with raw_score): "
-                   "reuse its model scores, no training, and apply this run's post-processing")
+    p.add_argument("--rescore", help="a previous run's results folder (<detector>-seed<k>/<category>/*.csv with "
+                   "raw_score): reuse its scores, no training, and apply this run's post-processing")
     p.add_argument("--likelihood", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the anomaly likelihood's parameters (repeatable; keys: "
                    + ", ".join(LIKELIHOOD) + ")")
@@ -295,7 +330,25 @@ def markdown(result: dict) -> str:
              f"Machine: {result['machine']}; training {result['train_seconds']:.0f} s and scoring "
              f"{result['score_seconds']:.0f} s in total (wall clock {result['wall_seconds']:.0f} s).", "",
              "Configuration (one for the corpus): " + ", ".join(f"`{k}={v}`" for k, v in result["config"].items()) + ".",
-             "", "| profile | score | threshold | tp | fp | fn |", "|---|---|---|---|---|---|"]
+             ""]
+    if result.get("comparison"):
+        cmp, seeds, profiles = result["comparison"], result["seeds_run"], list(s)
+        libs = result.get("libraries", {})
+        lines += ["## Detectors side by side (NAB score, mean ± standard deviation over seeds)", "",
+                  "Each detector trained on each file's probation only and scored online, with the same post-processing; "
+                  "`wgan` is this project's model, the others the peers of `stream_detector.bench.peers` ("
+                  + ", ".join(f"{k} {v}" for k, v in libs.items() if v) + ").", "",
+                  "| detector | seeds | " + " | ".join(profiles) + " | train s |", "|---|---|" + "---|" * (len(profiles) + 1)]
+        for det, figs in cmp.items():
+            lines.append(f"| {det} | {','.join(map(str, seeds[det]))} | "
+                         + " | ".join(cell(figs.get(p), 1) for p in profiles) + f" | {cell(figs.get('train_seconds'), 0)} |")
+        lines += ["", "| detector | seed | " + " | ".join(profiles) + " |", "|---|---|" + "---|" * len(profiles)]
+        for r in result.get("runs", []):
+            lines.append(f"| {r['detector']} | {r['seed']} | "
+                         + " | ".join(f"{r['scores'][p]['score']:.1f}" for p in profiles) + " |")
+        p = result.get("primary", {"detector": "wgan", "seed": 0})
+        lines += ["", f"## `{p['detector']}`, seed {p['seed']}", ""]
+    lines += ["| profile | score | threshold | tp | fp | fn |", "|---|---|---|---|---|---|"]
     for profile, r in s.items():
         lines.append(f"| {profile} | **{r['score']:.1f}** | {r['threshold']:.4f} | {r.get('tp', '')} | "
                      f"{r.get('fp', '')} | {r.get('fn', '')} |")
@@ -377,14 +430,29 @@ def plot_best_worst(root: Path, rows: list[dict], scores: dict, out: Path, name:
     return written
 
 
+def saved_nab_runs(results: Path, seed: int = 0) -> list[tuple[str, int, Path]]:
+    """``(detector, seed, detector folder)`` of every run in a results folder: ``<detector>-seed<k>/``,
+    or ``streamdetector/`` of a run from before detectors and seeds (the WGAN model, ``seed``)."""
+    runs = []
+    for d in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+        det, _, k = d.name.rpartition("-seed")
+        if det in DETECTORS and k.isdigit():
+            runs.append((det, int(k), d))
+    if not runs and (results / "streamdetector").is_dir():
+        runs = [("wgan", seed, results / "streamdetector")]
+    return sorted(runs, key=lambda r: (DETECTORS.index(r[0]), r[1]))
+
+
 def run(a: argparse.Namespace) -> Report:
-    """Train and score every file (or ``--rescore`` a run), NAB-score the corpus, plot the best
-    and worst file into ``--out``; ``--via-worker`` runs :func:`via_worker_main` instead."""
+    """Train and score every file with every detector and seed (or ``--rescore`` a run),
+    NAB-score each run over the corpus, plot the best and worst file of the first WGAN run into
+    ``--out``; ``--via-worker`` runs :func:`via_worker_main` instead."""
     import multiprocessing as mp
 
     import torch
 
     from ..errors import UserError
+    from .peers import versions
 
     root = Path(a.data)
     if not (root / "data").is_dir() or not (root / "labels" / "combined_windows.json").exists():
@@ -402,35 +470,62 @@ def run(a: argparse.Namespace) -> Report:
         raise UserError("--likelihood sets the parameters of --post likelihood")
     try:
         NabConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
-    except ConfigKeyError as e:
+        detectors, seeds = parse_detectors(a.detectors), parse_seeds(a.seeds)
+    except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
     files = _files(root)[: a.limit] if a.limit else _files(root)
     if a.via_worker:
         return via_worker_main(a, root, cfg, files)
     models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-nab-"))
     started = time.monotonic()
-    rows = []
+    groups: dict[tuple[str, int], list[dict]] = {}
     if a.rescore:
-        rows = [rescore_file(root, Path(a.rescore), f, cfg) for f in files]
+        runs = saved_nab_runs(Path(a.rescore), cfg["seed"])
+        if not runs:
+            raise UserError(f"--rescore {a.rescore}: no <detector>-seed<k>/ (or streamdetector/) results folder there")
+        for det, seed, folder in runs:
+            groups[det, seed] = [rescore_file(root, folder, f, cfg, cfg["window"] if det == "wgan" else None)
+                                 for f in files]
         cfg["rescored_from"] = str(a.rescore)
     else:
+        cost = {d: i for i, d in enumerate(("zscore", "iforest", "hst", "wgan", "lstm"))}  # cheap ones first
+        runs = sorted(((d, sd) for d in detectors for sd in seeds), key=lambda r: (cost[r[0]], r[1]))
         with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_file, {"name": f, "path": str(root / "data" / f), "models": str(models),
-                                              "config": cfg, "threads": a.threads}) for f in files]
-            for f, fut in zip(files, futures):
+            futures = [((det, seed, f), pool.submit(run_file, {
+                "name": f, "path": str(root / "data" / f), "models": str(models / det / f"seed{seed}"),
+                "config": {**cfg, "seed": seed}, "threads": a.threads, "detector": det}))
+                for det, seed in runs for f in files]
+            for i, ((det, seed, f), fut) in enumerate(futures, 1):
                 r = fut.result()
-                rows.append(r)
-                print(f"[{len(rows)}/{len(files)}] {f}: {r['points']} points, trained {r['train_seconds']:.0f} s, "
-                      f"scored {r['score_seconds']:.1f} s (elapsed {time.monotonic() - started:.0f} s)", flush=True)
+                groups.setdefault((det, seed), []).append(r)
+                print(f"[{i}/{len(futures)}] {det} seed {seed} {f}: {r['points']} points, trained "
+                      f"{r['train_seconds']:.0f} s, scored {r['score_seconds']:.1f} s "
+                      f"(elapsed {time.monotonic() - started:.0f} s)", flush=True)
     results_dir = Path(a.results) if a.results else Path(tempfile.mkdtemp(prefix="sd-nab-results-"))
-    write_results(results_dir, "streamdetector", rows, root)
-    scores = score_nab_results(results_dir / "streamdetector", root)
-    result = {"config": cfg, "files": len(rows), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-              f"torch {torch.__version__}", "load_average": [round(v, 2) for v in os.getloadavg()],
+    order = sorted(groups, key=lambda k: (DETECTORS.index(k[0]), k[1]))
+    run_scores, per_seed = {}, {}
+    for det, seed in order:
+        name = f"{det}-seed{seed}"
+        write_results(results_dir, name, groups[det, seed], root)
+        run_scores[det, seed] = score_nab_results(results_dir / name, root)
+        per_seed.setdefault(det, {})[seed] = {
+            **{p: s["score"] for p, s in run_scores[det, seed].items()},
+            "train_seconds": sum(r["train_seconds"] for r in groups[det, seed])}
+    primary = next((k for k in order if k[0] == "wgan"), order[0])
+    rows, scores = groups[primary], run_scores[primary]
+    result = {"config": cfg, "files": len(rows), "machine": f"{_cpu()}, {os.cpu_count()} CPUs, {platform.machine()}, "
+              f"torch {torch.__version__}", "libraries": versions(),
+              "load_average": [round(v, 2) for v in os.getloadavg()],
               "date": datetime.now().isoformat(timespec="seconds"),
               "train_seconds": round(sum(r["train_seconds"] for r in rows), 1),
               "score_seconds": round(sum(r["score_seconds"] for r in rows), 1),
-              "wall_seconds": round(time.monotonic() - started, 1), "scores": scores,
+              "wall_seconds": round(time.monotonic() - started, 1),
+              "primary": {"detector": primary[0], "seed": primary[1]},
+              "comparison": aggregate(per_seed), "seeds_run": {d: sorted(v) for d, v in per_seed.items()},
+              "runs": [{"detector": d, "seed": sd, "scores": {p: {k: v for k, v in s.items() if k != "per_file"}
+                                                                for p, s in run_scores[d, sd].items()}}
+                       for d, sd in order],
+              "scores": scores,
               "per_file": [{**{k: r[k] for k in ("name", "points", "probationary", "train_seconds", "score_seconds")},
                             **{f"raw_{p}": round(s["per_file"].get(r["name"], 0.0), 4) for p, s in scores.items()}}
                            for r in rows]}
@@ -441,7 +536,14 @@ def run(a: argparse.Namespace) -> Report:
     result["plots"] = [Path(p).name for p in plot_best_worst(root, rows, {p: dict(s, per_file={
         f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name,
         {"likelihood": "NAB score (log anomaly likelihood)", "rank": "NAB score (causal rank)"}[cfg["post"]])]
-    return Report(a.name, result, markdown, "; ".join(f"{p}: {r['score']:.1f}" for p, r in scores.items()))
+    return Report(a.name, result, markdown, "standard profile: " + "; ".join(
+        f"{d} {cell(result['comparison'][d]['standard'], 1)}" for d in per_seed))
+
+
+def _cpu() -> str:
+    from .machine import cpu_model
+
+    return cpu_model()
 
 
 BENCHMARK = Benchmark("nab", __doc__.splitlines()[0], add_arguments, run)
