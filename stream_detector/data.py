@@ -1,9 +1,12 @@
 """Loading telemetry files for the offline commands, with errors an operator can act on.
 
 Accepted: a ``.npy`` array ``[T, C]`` (channels named ``c0..c{C-1}``) or a CSV with a
-header, an optional timestamp column (``timestamp``, ``ts`` or ``time``: epoch seconds or
-ISO 8601) and one numeric column per channel.  A label column can be named for
-``evaluate``.  Every problem is one :class:`DataError` line naming the file and the fix.
+header, separated by ``,``, ``;`` or tabs (sniffed from the header line unless ``sep`` is
+given), an optional timestamp column (``timestamp``, ``ts``, ``time`` or ``datetime``: epoch
+seconds or ISO 8601 such as ``2020-03-09 10:14:33``) and one numeric column per channel.  A
+0/1 label column can be named for ``evaluate`` and the benchmarks, and other columns left
+out (``ignore_columns``, e.g. SKAB's ``changepoint``).  Every problem is one
+:class:`DataError` line naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from .errors import DataError
 
-TIMESTAMP_COLUMNS = ("timestamp", "ts", "time")
+TIMESTAMP_COLUMNS = ("timestamp", "ts", "time", "datetime")
+SEPARATORS = (",", ";", "\t")
 
 
 @dataclass
@@ -46,13 +50,29 @@ def _parse_ts(text: str) -> float:
     return dt.timestamp()
 
 
-def _load_csv(path: Path, label_column: str | None) -> Series:
+def sniff_separator(line: str) -> str:
+    """The separator of a CSV header line: the one of ``,``, ``;`` and tab that occurs most
+    (``,`` when none does, a one-column file)."""
+    counts = [line.count(c) for c in SEPARATORS]
+    return SEPARATORS[counts.index(max(counts))] if max(counts) else ","
+
+
+def read_header(path: str | Path, sep: str | None = None) -> tuple[list[str], str]:
+    """``(column names, separator)`` of a CSV file (the separator sniffed unless given)."""
     with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path}: empty file") from None
+        first = f.readline()
+    if not first.strip():
+        raise DataError(f"{path}: empty file")
+    sep = sep or sniff_separator(first)
+    return [h.strip() for h in next(csv.reader([first], delimiter=sep))], sep
+
+
+def _load_csv(path: Path, label_column: str | None, sep: str | None = None,
+              ignore_columns: tuple[str, ...] | list[str] = ()) -> Series:
+    header, sep = read_header(path, sep)
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        next(reader)
         rows = list(reader)
     lower = [h.lower() for h in header]
     ts_idx = next((lower.index(n) for n in TIMESTAMP_COLUMNS if n in lower), None)
@@ -61,7 +81,8 @@ def _load_csv(path: Path, label_column: str | None) -> Series:
         if label_column not in header:
             raise DataError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
         label_idx = header.index(label_column)
-    chan_idx = [i for i in range(len(header)) if i not in (ts_idx, label_idx)]
+    skip = {header.index(c) for c in ignore_columns if c in header}
+    chan_idx = [i for i in range(len(header)) if i not in (ts_idx, label_idx) and i not in skip]
     if not chan_idx:
         raise DataError(f"{path}: no channel columns besides the timestamp/label")
     values = np.empty((len(rows), len(chan_idx)), dtype=np.float32)
@@ -75,14 +96,34 @@ def _load_csv(path: Path, label_column: str | None) -> Series:
             if ts is not None:
                 ts[r] = _parse_ts(row[ts_idx])
             if labels is not None:
-                labels[r] = float(row[label_idx]) != 0
+                label = float(row[label_idx]) if _is_number(row[label_idx]) and row[label_idx].strip() else None
+                if label not in (0.0, 1.0):
+                    raise DataError(f"{path}: line {r + 2}: label column {label_column!r} holds {row[label_idx]!r}; "
+                                    "labels must be 0 or 1")
+                labels[r] = label == 1.0
         except ValueError as e:
-            raise DataError(f"{path}: line {r + 2}: not a number ({e})") from None
+            bad = next((header[i] for i in chan_idx if not _is_number(row[i])), None)
+            where = f" in column {bad!r} (a non-numeric column can be left out)" if bad else ""
+            raise DataError(f"{path}: line {r + 2}: not a number{where} ({e})") from None
     return Series(values, [header[i] for i in chan_idx], ts, labels, str(path))
 
 
-def load_series(path: str | Path, label_column: str | None = None) -> Series:
-    """Load a ``.npy`` or ``.csv`` series and check it is usable (exists, numeric, no NaN/inf)."""
+def _is_number(text: str) -> bool:
+    if text.strip() == "":
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_series(path: str | Path, label_column: str | None = None, *, sep: str | None = None,
+                ignore_columns: tuple[str, ...] | list[str] = ()) -> Series:
+    """Load a ``.npy`` or ``.csv`` series and check it is usable (exists, numeric, no NaN/inf).
+
+    For a CSV: ``sep`` is its separator (default: sniffed from the header line), and the
+    columns named in ``ignore_columns`` (where present) are neither channels nor labels."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
@@ -102,7 +143,7 @@ def load_series(path: str | Path, label_column: str | None = None) -> Series:
             raise DataError(f"{path}: a .npy file has no label column; give the labels as ranges")
         series = Series(arr.astype(np.float32), [f"c{i}" for i in range(arr.shape[1])], None, None, str(path))
     elif suffix == ".csv":
-        series = _load_csv(path, label_column)
+        series = _load_csv(path, label_column, sep, ignore_columns)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .npy [T, C] or .csv with a header")
     bad = ~np.isfinite(series.values)
