@@ -264,6 +264,7 @@ BENCHES = {
     "paper": "MNIST and UCI HAR protocols of Haloui et al. (AUPRC per class)",
     "telemanom": "per-channel detection on a telemanom-layout folder (SMAP): event F1 and more",
     "nab": "the Numenta Anomaly Benchmark, scored by the package's NAB scorer",
+    "folder": "a folder of labelled CSV files (SKAB): per-file training, F1/FAR/MAR, event F1, AUPRC, VUS-PR",
     "throughput": "points/s and latency of the real worker on the embedded broker",
     "inference": "windows/s of ONNX Runtime vs PyTorch by batch size, against the matmul peak",
     "soak": "10,000 sources for 20 minutes at half the measured maximum: worker RSS, p99 latency and lag over time",
