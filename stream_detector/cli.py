@@ -54,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             plot_length(args.window, args.plot_size)
         except ValueError as e:
             raise UserError(f"--window/--plot-size: {e}") from None
+    if args.level_weight is not None and not args.level_weight >= 0:
+        raise UserError(f"--level-weight must be 0 or more, got {args.level_weight}")
     cfg = TrainConfig(arch=args.arch, width=args.width, latent_dim=args.latent, iterations=args.iterations,
                       encoder_iterations=args.encoder_iterations, encoder_mode=args.encoder_mode, kappa=args.kappa,
                       seed=args.seed, max_seconds=args.max_seconds, batch_size=args.batch_size)
@@ -61,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         card = fit_series_model(values, channels, Path(args.out), window=args.window, stride=args.stride,
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
                                 version=args.version, threshold_quantile=args.threshold_quantile,
-                                source=str(args.data), progress=not args.quiet, threshold=args.threshold)
+                                source=str(args.data), progress=not args.quiet, threshold=args.threshold,
+                                level_weight=args.level_weight)
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
@@ -305,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoder-iterations", type=_positive_int, default=2000)
     t.add_argument("--encoder-mode", choices=["izi", "ziz", "izi_f"], default="izi_f")
     t.add_argument("--kappa", type=float, default=1.0)
+    t.add_argument("--level-weight", type=float, help="weight of the level term in the score (how far a window leaves "
+                   "the training range; default 1.0 for distance plots, which cannot see a level shift without it, "
+                   "0 for sequence)")
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--plot-size", type=_positive_int, default=32, help="distance-plot side; longer windows are pooled")
     t.add_argument("--max-seconds", type=float, help="wall-clock budget for training")

@@ -45,6 +45,18 @@ def test_train_writes_model_card_and_plots(trained):
     assert (trained / "model" / "training_curves.png").exists()
 
 
+def test_train_level_weight_goes_into_the_card_and_a_negative_one_is_refused(trained, tmp_path):
+    assert json.loads((trained / "model" / "model.json").read_text())["score"]["level_weight"] == 0.0  # sequence
+    run("train", "--data", trained / "train.csv", "--window", 16, "--stride", 4, "--out", tmp_path / "m",
+        "--transform", "distance-plot", "--plot-size", 8, "--level-weight", 0.5, "--iterations", 5,
+        "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["score"]["level_weight"] == 0.5 and "level_weight" in card["score"]["formula"]
+    proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--level-weight", -1, ok=False)
+    assert proc.returncode != 0 and "--level-weight must be 0 or more" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_score_and_evaluate(trained):
     test = synthetic_series(600, seed=9)
     labels = np.zeros(600, bool)

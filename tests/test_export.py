@@ -18,15 +18,17 @@ from stream_detector.training.transforms import WindowTransform, fit_normalisati
 from conftest import synthetic_series, tiny_model  # noqa: E402
 
 
-@pytest.mark.parametrize("transform,arch", [("sequence", "conv"), ("distance-plot", "conv"),
-                                            ("distance-plot-mv", "conv"), ("sequence", "mlp")])
-def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch):
+@pytest.mark.parametrize("transform,arch,level", [("sequence", "conv", 0.0), ("distance-plot", "conv", 1.0),
+                                                  ("distance-plot-mv", "conv", 1.0), ("sequence", "mlp", 0.0),
+                                                  ("distance-plot", "conv", 0.0), ("sequence", "conv", 0.5)])
+def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch, level):
     torch.manual_seed(0)
     values = synthetic_series(400)
     stats = fit_normalisation(values)
     wt = WindowTransform(transform, stats, 32, plot_size=16)
     shape = wt.output_shape()
-    scorer = ScoringNetwork(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0)
+    scorer = ScoringNetwork(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0,
+                            level)
     export_onnx(scorer, 32, 3, tmp_path / "model.onnx")
     import onnxruntime as ort
 
@@ -95,3 +97,35 @@ def test_anomalous_windows_score_higher(tmp_path):
     s_broken, c_broken = scorer.score(broken)
     assert np.median(s_broken) > np.median(s_normal)
     assert np.mean(np.argmax(c_broken, axis=1) == 1) > 0.5  # the shifted channel is blamed
+
+
+@pytest.mark.parametrize("transform", ["distance-plot", "distance-plot-mv"])
+def test_level_term_lets_a_distance_plot_see_a_level_shift(tmp_path, transform):
+    """A distance plot is blind to a constant added to a channel (``|s_i - s_j|`` does not
+    change); the level term in the exported graph sees it and blames that channel.  The card
+    records the weight, and the model rebuilt from its directory scores as the graph does."""
+    from stream_detector.training.export import scorer_from_model_dir
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
+
+    cfg = TrainConfig(iterations=10, encoder_iterations=20, width=8, latent_dim=4, seed=1)
+    values = synthetic_series(400, seed=5)
+    normal = np.stack([values[i:i + 16] for i in range(0, 300, 5)])
+    shifted = normal.copy()
+    shifted[:, :, 1] += 3.0  # the whole window: only the level changes
+    scores = {}
+    for weight in (None, 0.0):  # None: the default for distance plots, 1.0
+        out = tmp_path / f"w{weight}"
+        card = fit_series_model(synthetic_series(), ["a", "b", "c"], out, window=16, stride=4, transform=transform,
+                                cfg=cfg, plot_size=8, progress=False, level_weight=weight)
+        assert card.score["level_weight"] == (1.0 if weight is None else 0.0)
+        scorer = Scorer(out)
+        scores[weight] = scorer.score(normal), scorer.score(shifted)
+        with torch.no_grad():
+            rebuilt = scorer_from_model_dir(out)(torch.from_numpy(shifted.astype(np.float32)))[0].numpy()
+        np.testing.assert_allclose(rebuilt, scores[weight][1][0], rtol=1e-4, atol=1e-6)
+    (n0, _), (s0, _) = scores[0.0]
+    np.testing.assert_allclose(s0, n0, rtol=1e-4, atol=1e-6)  # blind without the term
+    (n1, _), (s1, c1) = scores[None]
+    assert np.all(s1 > n1 + 0.3)  # b (range 2) shifted by 3.0: every point half a range outside or more
+    assert np.all(np.argmax(c1, axis=1) == 1)  # the shifted channel is blamed

@@ -3,10 +3,13 @@
 :class:`ScoringNetwork` chains transform, encoder, generator and the critic's feature trunk
 into one module from raw windows to scores, so the ONNX file is the whole model:
 
-``A(x) = A_R(x) + kappa * A_D(x)`` with ``A_R = mean((x - G(E(x)))^2)`` over the
-transformed input and ``A_D = mean((f(x) - f(G(E(x))))^2)`` over the critic's last hidden
-layer (f-AnoGAN, without square roots).  ``channel_scores`` splits ``A_R`` over the input
-channels so an alert can name the channels that drove it.
+``A(x) = A_R(x) + kappa * A_D(x) + lambda * A_L(x)`` with ``A_R = mean((x - G(E(x)))^2)``
+over the transformed input, ``A_D = mean((f(x) - f(G(E(x))))^2)`` over the critic's last
+hidden layer (f-AnoGAN, without square roots), and the level term ``A_L``, the mean over
+channels of :meth:`~.transforms.WindowTransform.range_excess` (how far the raw window leaves
+the training range; ``lambda`` is the card's ``level_weight``, 0 for none).
+``channel_scores`` splits ``A_R + lambda * A_L`` over the input channels so an alert can name
+the channels that drove it.
 
 Sequence conv scorers are written in the form of :mod:`.onnx_graph` (the same function,
 re-expressed for ONNX Runtime's fast CPU kernels, checked against the plain export at every
@@ -41,17 +44,24 @@ class ScoringNetwork(nn.Module):
     """Raw windows ``[B, W, C]`` to (score, channel_scores, transformed input, reconstruction)."""
 
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
-                 kappa: float):
+                 kappa: float, level_weight: float = 0.0):
         super().__init__()
         self.transform = transform
         self.encoder, self.generator, self.critic = encoder, generator, critic
         self.kappa = float(kappa)
+        self.level_weight = float(level_weight)
         self.eval()
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)
         score, residual, recon = anomaly_scores(x, self.encoder, self.generator, self.critic, self.kappa)
-        return score, self.transform.channel_attribution(window, residual), x, recon
+        channels = self.transform.channel_attribution(window, residual)
+        if self.level_weight:
+            excess = self.level_weight * self.transform.range_excess(window)  # [B, C]
+            score = score + excess.mean(dim=1)
+            # the multivariate plot's channel shares sum to its residual; the others average to it
+            channels = channels + (excess / excess.shape[1] if self.transform.kind == "distance-plot-mv" else excess)
+        return score, channels, x, recon
 
 
 def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
@@ -73,7 +83,8 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     width, latent = default_sizes(shape, arch)
     width, latent = cfg.get("width") or width, cfg.get("latent_dim") or latent
     scorer = ScoringNetwork(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
-                           Critic(arch, shape, width), float(card.score.get("kappa", 1.0)))
+                           Critic(arch, shape, width), float(card.score.get("kappa", 1.0)),
+                           float(card.score.get("level_weight", 0.0)))
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     missing, unexpected = scorer.load_state_dict(state, strict=False)
@@ -111,7 +122,7 @@ def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path
             opset_version=opset, dynamo=False,
         )
     graph, form = buf.getvalue(), onnx_graph.PLAIN
-    if optimise and scorer.transform.kind == "sequence":
+    if optimise and scorer.transform.kind == "sequence" and not scorer.level_weight:  # the fast form has no A_L
         try:
             graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer))
             form = onnx_graph.FORM

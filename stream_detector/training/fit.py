@@ -108,12 +108,19 @@ def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.99
     return spec
 
 
+def default_level_weight(transform: str) -> float:
+    """The level term's weight when none is given: 1.0 for the distance plots, which cannot
+    see a level shift without it (``R_ij = |s_i - s_j|`` ignores an added constant), 0 for
+    ``sequence``, whose reconstruction sees the level already."""
+    return 0.0 if transform == "sequence" else 1.0
+
+
 def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str], out_dir: Path, *, window: int,
                      stride: int, transform: str, cfg: TrainConfig, plot_size: int = 32, name: str = "model",
                      version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
                      progress: bool = True, threshold: str = "quantile",
-                     threshold_params: dict | None = None) -> ModelCard:
+                     threshold_params: dict | None = None, level_weight: float | None = None) -> ModelCard:
     """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
     pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
     plots to ``out_dir``.
@@ -142,7 +149,8 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
     x = _transform_windows(wt, _windows(train_parts, window, train_stride))
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
-    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa)
+    level = default_level_weight(transform) if level_weight is None else float(level_weight)
+    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level)
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 
@@ -156,7 +164,9 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         threshold=threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile, threshold_params),
         plot_size=plot_size if transform != "sequence" else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        score={"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)", "kappa": cfg.kappa,
+        score={"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
+                          + (" + level_weight * mean_c mean_t relu(|s| - 1)^2" if level else ""), "kappa": cfg.kappa,
+               "level_weight": level,
                "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
         graph={"inputs": {"window": ["batch", window, len(channels)]},
                "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
@@ -202,6 +212,7 @@ class SeriesModelConfig:
     threshold_quantile: float = 0.995
     release_quantile: float = 0.95
     max_train_windows: int = 20000
+    level_weight: float | None = None  # None: default_level_weight(transform)
     train: TrainConfig = field(default_factory=lambda: _train_config_type()())
 
     @classmethod
@@ -300,7 +311,8 @@ def fit_and_score(train_values: np.ndarray, score_values: np.ndarray, channels: 
                             transform=config.transform, cfg=config.train, plot_size=config.plot_size, name=name,
                             train_fraction=train_fraction, threshold_quantile=config.threshold_quantile,
                             release_quantile=config.release_quantile, max_train_windows=config.max_train_windows,
-                            source=source, progress=progress, threshold=config.threshold)
+                            source=source, progress=progress, threshold=config.threshold,
+                            level_weight=config.level_weight)
     train_seconds = time.monotonic() - started
     scores = score_with_model(model_dir, score_values, stride=stride, threads=threads)
     return FitAndScore(card, scores, train_seconds)

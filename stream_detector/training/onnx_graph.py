@@ -366,6 +366,8 @@ def optimise_model_dir(model_dir: Path | str) -> str:
     plain = path.read_bytes()
     if card.transform != "sequence":
         return f"{model_dir}: left as it is (transform {card.transform}; only sequence conv models have a fast form)"
+    if card.score.get("level_weight"):
+        return f"{model_dir}: left as it is (its score has a level term, which the fast form does not carry)"
     try:
         fast = optimise(plain, card.window, len(card.channels), float(card.score.get("kappa", 1.0)))
     except NotApplicable as e:

@@ -94,6 +94,15 @@ class WindowTransform(nn.Module):
         dist = torch.sqrt((diff * diff).sum(dim=3) + 1e-12) / float(np.sqrt(self.n_channels))
         return dist.unsqueeze(1) - 1.0
 
+    def range_excess(self, window: torch.Tensor) -> torch.Tensor:
+        """How far each channel of a raw window ``[B, W, C]`` leaves its training range, ``[B, C]``:
+        the mean over time of ``relu(|s| - 1)^2`` on the normalised window ``s`` (the training
+        range is ``[-1, 1]``, so 1.0 is a full half-range beyond it).  The limit check operators
+        already trust, in the graph: a distance plot does not change when a constant is added to
+        the window, so without this term a level shift or a stuck reading looks normal to it."""
+        s = self.normalise(window)
+        return (torch.relu(s.abs() - 1.0) ** 2).mean(dim=1)
+
     def channel_attribution(self, window: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Per-input-channel share of a squared residual in transformed space, ``[B, C]``.
 
