@@ -837,6 +837,8 @@ def telemanom_epsilon_z(e: np.ndarray, error_buffer: int = 100, sd_lim: float = 
         if not anom.any():
             continue
         below = e[e < eps]
+        if not below.size:  # every error at or above epsilon: no gain (telemanom's NaN score, never chosen)
+            continue
         gain = (mean - below.mean()) / mean + (sd - below.std()) / sd
         n_seq = len(_sequences(anom))
         s = gain / (n_seq ** 2 + int(anom.sum()))
