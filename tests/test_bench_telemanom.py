@@ -151,3 +151,39 @@ def test_telemanom_rescore_needs_saved_scores(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="scores.npz"):
         main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "empty")])
+
+
+def test_seed_ensemble_averages_scores_in_units_of_each_seeds_threshold(tmp_path):
+    """Two seeds of one detector: the ensemble divides each seed's scores by its own quantile
+    threshold before averaging, so a seed trained to a 10x scale does not outweigh the other;
+    ``--rescore --ensemble`` reports it beside the seeds."""
+    from stream_detector.bench.telemanom import ensemble_saved, main
+
+    a = {"test_scores": np.array([np.nan, 0.1, 0.4]), "calibration_scores": np.array([0.1, 0.2]),
+         "quantile_threshold": 0.2, "release": 0.15, "train_points": 900, "train_seconds": 1.0, "score_seconds": 0.5,
+         "stopped_early_by_budget": False}
+    b = {**a, "test_scores": np.array([np.nan, 3.0, 1.0]), "calibration_scores": np.array([2.0, 1.0]),
+         "quantile_threshold": 2.0}
+    e = ensemble_saved([a, b])
+    np.testing.assert_allclose(e["test_scores"], [np.nan, (0.5 + 1.5) / 2, (2.0 + 0.5) / 2])
+    np.testing.assert_allclose(e["calibration_scores"], [(0.5 + 1.0) / 2, (1.0 + 0.5) / 2])
+    assert e["quantile_threshold"] == pytest.approx(0.75) and e["train_seconds"] == 2.0
+
+    _spacecraft(tmp_path / "toy")
+    rng = np.random.default_rng(0)
+    for seed, burst in ((0, 5.0), (1, 0.3)):  # seed 1 barely sees the burst
+        folder = tmp_path / "models" / "wgan" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        for chan in ("X-1", "X-2"):
+            s = np.full(700, np.nan)
+            s[15:] = rng.uniform(0.09, 0.11, 685)
+            s[400:440] = burst
+            _save_scores(folder, chan, s, rng)
+    assert main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "models"),
+                 "--ensemble", "--out", str(tmp_path / "out"), "--name", "ens"]) == 0
+    result = json.loads((tmp_path / "out" / "ens.json").read_text())
+    assert result["seeds_run"] == {"wgan": [0, 1], "wgan-ensemble": [0, 1]}
+    assert [(r["detector"], r["seed"]) for r in result["runs"]] == [("wgan", 0), ("wgan", 1), ("wgan-ensemble", 0)]
+    ens = result["runs"][2]["summary"]["methods"]["quantile"]
+    assert (ens["tp"], ens["fn"]) == (2, 0)  # the average of 25x and 1.5x the threshold is above it
+    assert "ensemble of 0,1" in (tmp_path / "out" / "ens.md").read_text()

@@ -235,6 +235,41 @@ def rescore_channel(task: dict) -> dict:
     return evaluate_channel(task["channel"], Path(task["data"]), task["config"], saved)
 
 
+def ensemble_saved(saved: list[dict]) -> dict:
+    """Several seeds' raw scores of one channel as one detector: each seed's test and
+    calibration scores divided by its own quantile threshold (seeds trained to different
+    scales weigh the same), then averaged; the quantile threshold and release level are
+    recomputed from the averaged calibration scores (the same held-out points for every seed)."""
+    from ..training.calibration import quantile_threshold
+
+    scale = [float(s["quantile_threshold"]) or 1.0 for s in saved]
+    test = np.mean([np.asarray(s["test_scores"], dtype=np.float64) / q for s, q in zip(saved, scale)], axis=0)
+    n = min(len(s["calibration_scores"]) for s in saved)  # equal unless a seed lost points to NaN
+    calib = np.mean([np.asarray(s["calibration_scores"], dtype=np.float64)[-n:] / q for s, q in zip(saved, scale)],
+                    axis=0)
+    q = quantile_threshold(calib)
+    return {"test_scores": test, "calibration_scores": calib, "quantile_threshold": q["value"], "release": q["release"],
+            "train_points": int(saved[0]["train_points"]),
+            "train_seconds": float(sum(float(s["train_seconds"]) for s in saved)),
+            "score_seconds": float(sum(float(s["score_seconds"]) for s in saved)),
+            "stopped_early_by_budget": bool(any(bool(s["stopped_early_by_budget"]) for s in saved))}
+
+
+def ensemble_channel(task: dict) -> dict:
+    """Evaluation of one channel's seed ensemble (:func:`ensemble_saved`) from saved raw scores."""
+    saved = []
+    for folder in task["folders"]:
+        with np.load(Path(folder) / task["channel"] / "scores.npz") as z:
+            saved.append({k: z[k] for k in z.files})
+    return evaluate_channel(task["channel"], Path(task["data"]), task["config"], ensemble_saved(saved))
+
+
+def _rank(key: tuple[str, int]) -> tuple[float, int]:
+    """Report order: the detectors' order, each seed ensemble after its seeds."""
+    det = key[0].removesuffix("-ensemble")
+    return DETECTORS.index(det) + (0.5 if key[0].endswith("-ensemble") else 0.0), key[1]
+
+
 def summarise(rows: list[dict]) -> dict:
     from ..training.evaluation import f1_from_counts
 
@@ -314,14 +349,22 @@ def comparison_markdown(result: dict) -> list[str]:
              "F1 are means over channels of the telemanom detections.", "",
              "| detector | seeds | " + " | ".join(h for _, h in HEADLINE) + " | train s |",
              "|---|---|" + "---|" * (len(HEADLINE) + 1)]
+    ens = result.get("ensembles", {})
+
+    def c(det: str, figs: dict, key: str, digits: int = 3) -> str:  # an ensemble is one figure, not a seed
+        ms = figs.get(key)
+        return f"{ms['mean']:.{digits}f}" if det in ens and ms and ms["mean"] is not None else cell(ms, digits)
+
     for det, figs in cmp.items():
-        lines.append(f"| {det} | {','.join(map(str, seeds[det]))} | "
-                     + " | ".join(cell(figs.get(k)) for k, _ in HEADLINE)
-                     + f" | {cell(figs.get('train_seconds'), 0)} |")
+        lines.append(f"| {det} | {('ensemble of ' if det in ens else '') + ','.join(map(str, seeds[det]))} | "
+                     + " | ".join(c(det, figs, k) for k, _ in HEADLINE) + f" | {c(det, figs, 'train_seconds', 0)} |")
+    if ens:
+        lines += ["", "`<detector>-ensemble`: the seeds' raw scores, each divided by its own quantile threshold, "
+                  "averaged per point (offline only: the worker serves one model per route)."]
     lines += ["", "Event F1 under each threshold procedure (mean ± std over seeds):", "",
               "| detector | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for det, figs in cmp.items():
-        lines.append(f"| {det} | " + " | ".join(cell(figs.get(f"{m}.f1")) for m in METHODS) + " |")
+        lines.append(f"| {det} | " + " | ".join(c(det, figs, f"{m}.f1") for m in METHODS) + " |")
     lines += ["", "Each seed (telemanom threshold):", "", "| detector | seed | event F1 | tp | fp | fn | ROC-AUC |",
               "|---|---|---|---|---|---|---|"]
     for r in result.get("runs", []):
@@ -367,6 +410,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "peers, each on the same channels with the same thresholds")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2); figures are "
                                                      "reported as mean ± std over them")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also evaluate each detector's seeds averaged into one score (an ensemble over seeds)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads per job")
     p.add_argument("--max-seconds", type=float, help="wall-clock cap on the WGAN's training per channel (default: "
@@ -468,6 +513,7 @@ def run(a: argparse.Namespace) -> Report:
     work = rescore_channel if a.rescore else run_channel
     started = time.monotonic()
     groups: dict[tuple[str, int], list[dict]] = {}
+    ensembles: dict[str, list[int]] = {}
     failed = []
     import multiprocessing as mp
 
@@ -487,11 +533,25 @@ def run(a: argparse.Namespace) -> Report:
                 print(f"{tag}: failed: {e}", flush=True)
     if not groups:
         raise UserError("no channel could be run: " + "; ".join(f"{f['channel']}: {f['error']}" for f in failed))
+    if a.ensemble:  # each detector's seeds averaged, on the channels every seed has
+        by_det: dict[str, list[tuple[int, Path]]] = {}
+        for det, seed, folder in runs:
+            by_det.setdefault(det, []).append((seed, folder))
+        for det, members in by_det.items():
+            if len(members) < 2:
+                continue
+            folders = [str(f) for _, f in sorted(members)]
+            ens = [{"channel": ch, "data": str(data), "config": {**cfg, "seed": min(sd for sd, _ in members)},
+                    "folders": folders} for ch in chans if all((Path(f) / ch / "scores.npz").exists() for f in folders)]
+            with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+                groups[f"{det}-ensemble", 0] = list(pool.map(ensemble_channel, ens))
+            ensembles[f"{det}-ensemble"] = sorted(sd for sd, _ in members)
+            print(f"{det}: ensemble of seeds {ensembles[f'{det}-ensemble']} on {len(ens)} channels", flush=True)
     import torch
 
     from .peers import versions
 
-    order = sorted(groups, key=lambda k: (DETECTORS.index(k[0]), k[1]))
+    order = sorted(groups, key=_rank)
     results = [{"detector": det, "seed": seed, "summary": summarise(groups[det, seed]), "channels": groups[det, seed]}
                for det, seed in order]
     per_seed: dict[str, dict[int, dict]] = {}
@@ -503,7 +563,8 @@ def run(a: argparse.Namespace) -> Report:
               "machine": f"{machine.cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}",
               "libraries": versions(), "load_average": [round(v, 2) for v in os.getloadavg()],
               "wall_seconds": round(time.monotonic() - started, 1),
-              "comparison": aggregate(per_seed), "seeds_run": {d: sorted(v) for d, v in per_seed.items()},
+              "comparison": aggregate(per_seed), "ensembles": ensembles,
+              "seeds_run": {d: ensembles.get(d) or sorted(v) for d, v in per_seed.items()},
               "primary": {"detector": primary["detector"], "seed": primary["seed"]},
               "summary": primary["summary"], "channels": primary["channels"], "runs": results, "failed": failed}
     if a.rescore:
