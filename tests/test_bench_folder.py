@@ -74,6 +74,8 @@ def test_folder_bench_train_rows(tmp_path):
     p = result["protocol"]
     assert p["scored_files"] == 2 and p["evaluate_on"] == "rest" and p["labelled_training_points"] == {}
     assert p["evaluated_points"] == 2 * (ROWS - 400) and p["label_events"] == 4
+    share = 140 / 400  # 70 labelled points of 200 evaluated per file
+    assert p["flag_everything"]["f1"] == pytest.approx(2 * share / (1 + share)) and "Baseline: flagging every" in md
     assert set(result["comparison"]) == {"wgan", "zscore", "iforest"}
 
     runs = {(r["detector"], r["seed"]): r for r in result["runs"]}
