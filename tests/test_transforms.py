@@ -67,3 +67,28 @@ def test_bad_window_for_plot_size_is_rejected():
     stats = fit_normalisation(np.random.rand(50, 2))
     with pytest.raises(ValueError, match="multiple of plot_size"):
         WindowTransform("distance-plot", stats, 48, plot_size=32)
+
+
+def test_range_excess_sees_points_and_window_means_outside_the_training_ranges():
+    """Zero on every training window; a point beyond the points' range counts (0.5 half-ranges
+    beyond: 0.25 over the window's length); a flat level inside the points' range but above
+    every training window's mean counts through the mean part only, and only when the
+    statistics carry the window-mean range."""
+    from stream_detector.training.transforms import fit_window_mean_range
+
+    t = np.arange(400)
+    values = np.stack([np.sin(t / 8.0), np.cos(t / 5.0)], axis=1).astype(np.float32)
+    train = np.lib.stride_tricks.sliding_window_view(values, 16, axis=0).transpose(0, 2, 1)  # [N, 16, 2]
+    stats = fit_normalisation(values)
+    with_means = WindowTransform("distance-plot", {**stats, **fit_window_mean_range(train)}, 16, 16)
+    points_only = WindowTransform("distance-plot", stats, 16, 16)
+    assert float(with_means.range_excess(torch.from_numpy(np.ascontiguousarray(train))).max()) < 1e-9  # rounding
+    spike = train[:1].copy()
+    spike[0, 3, 1] = float(stats["max"][1]) + 0.5 * (stats["max"][1] - stats["min"][1]) / 2  # half a half-range up
+    e = points_only.range_excess(torch.from_numpy(spike))
+    assert float(e[0, 1]) == pytest.approx(0.25 / 16, rel=1e-4) and float(e[0, 0]) == 0.0
+    flat = np.full((1, 16, 2), 0.0, dtype=np.float32)
+    flat[0, :, 0] = 0.95 * float(stats["max"][0])  # inside the points' range, above every window mean
+    assert float(points_only.range_excess(torch.from_numpy(flat)).max()) == 0.0
+    assert float(with_means.range_excess(torch.from_numpy(flat))[0, 0]) > 0.01
+    assert float(with_means.range_excess(torch.from_numpy(flat))[0, 1]) == 0.0

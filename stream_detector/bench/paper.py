@@ -289,7 +289,7 @@ def _har_task(task: dict) -> dict:
     from ..training.export import ScoringNetwork
     from ..training.fit import default_level_weight
     from ..training.wgan import TrainConfig
-    from ..training.transforms import WindowTransform, fit_normalisation
+    from ..training.transforms import WindowTransform, fit_normalisation, fit_window_mean_range
 
     path = har_path(task["root"])
     _require(path)
@@ -301,13 +301,15 @@ def _har_task(task: dict) -> dict:
     a = HAR_ACTIVITIES.index(name) + 1
     train_idx, test_idx, labels, pseudo = protocol_split(y, a, task["train_fraction"], task["seed"], stratify=True,
                                                          validation=task["validation"])
+    level = default_level_weight(task["transform"]) if task.get("level_weight") is None else task["level_weight"]
     stats = fit_normalisation(windows[train_idx].reshape(-1, windows.shape[2]))
+    if level:
+        stats.update(fit_window_mean_range(windows[train_idx]))
     wt = WindowTransform(task["transform"], stats, windows.shape[1], task["plot_size"])
     with torch.no_grad():
         x_train = wt(torch.from_numpy(windows[train_idx]))
         x_test = wt(torch.from_numpy(windows[test_idx]))
     cfg = TrainConfig(**task["cfg"])
-    level = default_level_weight(task["transform"]) if task.get("level_weight") is None else task["level_weight"]
     raw_test = torch.from_numpy(windows[test_idx])
 
     def deployable(nets, weight: float = level) -> np.ndarray:
@@ -489,7 +491,8 @@ def run_har(activities: Iterable[str | int] | None = None, *, transforms: Sequen
                      "validation": _VALIDATION_NOTE if validation else False},
         "config": cfgs, "metrics": metric_functions()[2],
         "score": "ScoringNetwork on raw windows: mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2) "
-                 "+ level_weight * mean_c mean_t relu(|s| - 1)^2 (s: the window normalised to the training range)",
+                 "+ level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2) (s: the window normalised to the "
+                 "training points' range, m: its mean mapped onto the training windows' mean range)",
         "machine": machine, "wall_seconds": round(wall, 1), "results": rows,
         "summary": {t: _summary([r for r in rows if r["transform"] == t]) for t in transforms},
     }

@@ -132,7 +132,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
 
     from .export import ScoringNetwork, export_onnx
     from .nets import count_flops
-    from .transforms import WindowTransform, fit_normalisation
+    from .transforms import WindowTransform, fit_normalisation, fit_window_mean_range
     from .wgan import config_dict, train
 
     segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
@@ -144,12 +144,15 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    stats = fit_normalisation(train_values)
-    wt = WindowTransform(transform, stats, window, plot_size)
-    train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
-    x = _transform_windows(wt, _windows(train_parts, window, train_stride))
-    nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
     level = default_level_weight(transform) if level_weight is None else float(level_weight)
+    train_stride = max(1, int(np.ceil((split - window + 1) / max_train_windows)))
+    train_windows = _windows(train_parts, window, train_stride)
+    stats = fit_normalisation(train_values)
+    if level:  # the level term also holds each window's mean to the training windows' range
+        stats.update(fit_window_mean_range(train_windows))
+    wt = WindowTransform(transform, stats, window, plot_size)
+    x = _transform_windows(wt, train_windows)
+    nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
     scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level)
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
@@ -157,7 +160,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     # Calibrate on the held-out normal windows with the exported graph itself, in memory: the
     # card is built once, complete, and written once.
     calib_scores = _onnx_scores(out_dir / "model.onnx", _windows(calib_parts, window, 1))
-    train_scores = _onnx_scores(out_dir / "model.onnx", _windows(train_parts, window, train_stride))
+    train_scores = _onnx_scores(out_dir / "model.onnx", train_windows)
     card = ModelCard(
         name=name, version=str(version), channels=tuple(channels), window=window, stride=stride, transform=transform,
         normalisation=stats, allow_imputation=False,
@@ -165,7 +168,8 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         plot_size=plot_size if transform != "sequence" else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         score={"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
-                          + (" + level_weight * mean_c mean_t relu(|s| - 1)^2" if level else ""), "kappa": cfg.kappa,
+                          + (" + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2)" if level else ""),
+               "kappa": cfg.kappa,
                "level_weight": level,
                "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
         graph={"inputs": {"window": ["batch", window, len(channels)]},

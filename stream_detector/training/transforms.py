@@ -38,6 +38,14 @@ def fit_normalisation(values: np.ndarray) -> dict:
     return {"method": "minmax", "min": lo.tolist(), "max": hi.tolist()}
 
 
+def fit_window_mean_range(windows: np.ndarray) -> dict:
+    """Per-channel min/max of the means of training windows ``[N, W, C]``: the range the level
+    term holds each window's mean to (see :meth:`WindowTransform.range_excess`).  Kept in the
+    card's ``normalisation`` beside the point range."""
+    means = np.asarray(windows, dtype=np.float64).mean(axis=1)
+    return {"window_mean_min": means.min(axis=0).tolist(), "window_mean_max": means.max(axis=0).tolist()}
+
+
 class Normalise(nn.Module):
     """Maps each channel's training range onto ``[-1, 1]``."""
 
@@ -73,6 +81,14 @@ class WindowTransform(nn.Module):
         self.n_channels = len(stats["min"])
         self.window = window
         self.pool = 1 if kind == "sequence" else window // plot_length(window, plot_size)
+        self.has_mean_range = "window_mean_min" in stats
+        if self.has_mean_range:  # maps the training windows' mean range onto [-1, 1]
+            lo = torch.tensor(stats["window_mean_min"], dtype=torch.float32)
+            span = torch.tensor(stats["window_mean_max"], dtype=torch.float32) - lo
+            point_span = torch.tensor(stats["max"], dtype=torch.float32) - torch.tensor(stats["min"],
+                                                                                            dtype=torch.float32)
+            self.register_buffer("mean_offset", lo)
+            self.register_buffer("mean_scale", 2.0 / torch.where(span > 0, span, point_span))
 
     def output_shape(self) -> tuple[int, ...]:
         """Shape of one transformed window (without the batch axis)."""
@@ -97,11 +113,21 @@ class WindowTransform(nn.Module):
     def range_excess(self, window: torch.Tensor) -> torch.Tensor:
         """How far each channel of a raw window ``[B, W, C]`` leaves its training range, ``[B, C]``:
         the mean over time of ``relu(|s| - 1)^2`` on the normalised window ``s`` (the training
-        range is ``[-1, 1]``, so 1.0 is a full half-range beyond it).  The limit check operators
-        already trust, in the graph: a distance plot does not change when a constant is added to
-        the window, so without this term a level shift or a stuck reading looks normal to it."""
+        range is ``[-1, 1]``, so 1.0 is a full half-range beyond it), plus, when the statistics
+        hold the training windows' mean range (:func:`fit_window_mean_range`), ``relu(|m| - 1)^2``
+        for the window's mean ``m`` mapped the same way onto that range.
+
+        The limit check operators already trust, in the graph: a distance plot does not change
+        when a constant is added to the window, so without this term a level shift or a stuck
+        reading looks normal to it.  The mean part catches a level that stays inside the
+        points' range but no training window sat at (on UCI HAR, LAYING: its points leave the
+        other activities' range by little, its window means by far)."""
         s = self.normalise(window)
-        return (torch.relu(s.abs() - 1.0) ** 2).mean(dim=1)
+        excess = (torch.relu(s.abs() - 1.0) ** 2).mean(dim=1)
+        if self.has_mean_range:
+            m = (window.mean(dim=1) - self.mean_offset) * self.mean_scale - 1.0
+            excess = excess + torch.relu(m.abs() - 1.0) ** 2
+        return excess
 
     def channel_attribution(self, window: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Per-input-channel share of a squared residual in transformed space, ``[B, C]``.
