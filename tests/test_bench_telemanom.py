@@ -180,10 +180,16 @@ def test_seed_ensemble_averages_scores_in_units_of_each_seeds_threshold(tmp_path
             s[400:440] = burst
             _save_scores(folder, chan, s, rng)
     assert main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "models"),
-                 "--ensemble", "--out", str(tmp_path / "out"), "--name", "ens"]) == 0
+                 "--ensemble", "wgan", "--out", str(tmp_path / "out"), "--name", "ens"]) == 0
     result = json.loads((tmp_path / "out" / "ens.json").read_text())
     assert result["seeds_run"] == {"wgan": [0, 1], "wgan-ensemble": [0, 1]}
     assert [(r["detector"], r["seed"]) for r in result["runs"]] == [("wgan", 0), ("wgan", 1), ("wgan-ensemble", 0)]
     ens = result["runs"][2]["summary"]["methods"]["quantile"]
     assert (ens["tp"], ens["fn"]) == (2, 0)  # the average of 25x and 1.5x the threshold is above it
     assert "ensemble of 0,1" in (tmp_path / "out" / "ens.md").read_text()
+
+    # --seeds picks saved runs when rescoring
+    assert main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "models"),
+                 "--seeds", "1", "--out", str(tmp_path / "out"), "--name", "one"]) == 0
+    one = json.loads((tmp_path / "out" / "one.json").read_text())
+    assert [(r["detector"], r["seed"]) for r in one["runs"]] == [("wgan", 1)]

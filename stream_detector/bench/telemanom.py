@@ -410,8 +410,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "peers, each on the same channels with the same thresholds")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2); figures are "
                                                      "reported as mean ± std over them")
-    p.add_argument("--ensemble", action="store_true",
-                   help="also evaluate each detector's seeds averaged into one score (an ensemble over seeds)")
+    p.add_argument("--ensemble", metavar="DETECTORS",
+                   help="also evaluate these detectors' seeds averaged into one score (an ensemble over seeds), "
+                        "e.g. 'wgan' or 'all'")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads per job")
     p.add_argument("--max-seconds", type=float, help="wall-clock cap on the WGAN's training per channel (default: "
@@ -423,8 +424,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
     p.add_argument("--rescore", metavar="DIR",
-                   help="re-apply the thresholds to the raw scores saved by an earlier run in DIR (its --models "
-                        "folder: <chan>/scores.npz and config.json); nothing is trained")
+                   help="re-apply the thresholds to the raw scores saved by earlier runs in DIR (their --models "
+                        "folder: <detector>/seed<k>/<chan>/scores.npz and config.json); nothing is trained; "
+                        "--detectors / --seeds, when given, pick which saved runs")
     v = p.add_argument_group("via the worker", "--via-worker --models DIR: send the test splits through the real "
                              "worker (embedded broker, model repository, one route per channel) and compare its "
                              "detections with the offline ones on the same models; writes <name>_via_worker.json/.md")
@@ -488,7 +490,9 @@ def run(a: argparse.Namespace) -> Report:
         models = Path(a.rescore)
         if not models.is_dir():
             raise UserError(f"--rescore {models}: no such folder")
-        runs = saved_runs(models)
+        explicit = {"--detectors": a.detectors != "all", "--seeds": a.seeds != "0,1,2"}
+        runs = [r for r in saved_runs(models)  # what the options name, when they name something
+                if (not explicit["--detectors"] or r[0] in detectors) and (not explicit["--seeds"] or r[1] in seeds)]
         if not any((folder / ch / "scores.npz").exists() for _, _, folder in runs for ch in chans):
             raise UserError(f"--rescore {models}: no <detector>/seed<k>/<channel>/scores.npz (or <channel>/scores.npz) "
                             "there")
@@ -533,10 +537,15 @@ def run(a: argparse.Namespace) -> Report:
                 print(f"{tag}: failed: {e}", flush=True)
     if not groups:
         raise UserError("no channel could be run: " + "; ".join(f"{f['channel']}: {f['error']}" for f in failed))
-    if a.ensemble:  # each detector's seeds averaged, on the channels every seed has
+    if a.ensemble:  # the named detectors' seeds averaged, on the channels every seed has
+        try:
+            wanted = parse_detectors(a.ensemble)
+        except ValueError as e:
+            raise UserError(str(e).replace("--detectors", "--ensemble")) from None
         by_det: dict[str, list[tuple[int, Path]]] = {}
         for det, seed, folder in runs:
-            by_det.setdefault(det, []).append((seed, folder))
+            if det in wanted:
+                by_det.setdefault(det, []).append((seed, folder))
         for det, members in by_det.items():
             if len(members) < 2:
                 continue
