@@ -61,8 +61,9 @@ from .framework import Benchmark, Report
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
                      "TadGAN (Geiger et al. 2020)": 0.573}
 METHODS = ("quantile", "pot", "dynamic", "telemanom")
-# Training budgeted in iterations (200 generator steps of 5 critic steps, 200 encoder steps; about
-# what the former 25 s budget reached on one core), never in seconds: a seed gives the same scores.
+# Training budgeted in iterations (200 generator steps of 5 critic steps, 200 encoder steps: about
+# 40 s a channel on one busy core of a 2-core machine, so 54 channels x 3 seeds fit in about an
+# hour on 2 cores), never in seconds: a seed gives the same scores.
 DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, latent_dim=None, iterations=200,
                       encoder_iterations=200, encoder_mode="izi_f", kappa=1.0, max_seconds=None, channels="0",
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
