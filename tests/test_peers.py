@@ -81,3 +81,11 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
     assert cell(agg["wgan"]["f1"]) == "0.700 ± 0.100"
     assert cell(agg["zscore"]["f1"]) == "0.500 (1 seed)"
     assert mean_std([None, float("nan")]) == {"mean": None, "std": None, "n": 0} and cell(None) == "—"
+
+
+def test_lstm_on_a_training_split_shorter_than_its_history_halves_the_history():
+    train = synthetic_series(60, seed=1)
+    p = make_peer("lstm", [0], 0, history=100, iterations=5, units=8).fit(train)
+    assert p.history == 30
+    s = p.score(synthetic_series(100, seed=2))
+    assert np.isnan(s[:30]).all() and np.isfinite(s[30:]).all()

@@ -20,7 +20,8 @@ label-free procedures (quantile, POT, telemanom's) as the WGAN model's.
   value of the scored columns, Adam (lr 1e-3), batches of 64, MSE; the score is the absolute
   prediction error (telemanom's threshold smooths it itself).  Trained for a fixed number of
   iterations (default 150, about 4 epochs of a SMAP channel; telemanom trains up to 35 epochs
-  with early stopping) because 2 cores cannot afford more for 54 channels and 3 seeds.
+  with early stopping) because 2 cores cannot afford more for 54 channels and 3 seeds.  A
+  training split no longer than the history gets a history of half its length.
 
 Every random choice comes from ``seed``; :func:`versions` names the libraries for the reports.
 """
@@ -205,9 +206,9 @@ class LSTMForecaster:
         x = train.astype(np.float32)
         self.mean, self.std = x.mean(0), np.where(x.std(0) < 1e-6, 1.0, x.std(0)).astype(np.float32)
         z = torch.from_numpy((x - self.mean) / self.std)
+        if len(z) <= self.history:  # too short for the history (SMAP's D-12: 250 points): half of it
+            self.history = max(1, len(z) // 2)
         n = len(z) - self.history
-        if n < 1:
-            raise ValueError(f"{len(z)} training points are too few for a history of {self.history}")
         self.net = self._net(z.shape[1])
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.net.train()
