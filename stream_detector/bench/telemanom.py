@@ -585,7 +585,8 @@ def run(a: argparse.Namespace) -> Report:
     result["plots"] = _plots(result, data, folder, out)
     cmp = result["comparison"]
     return Report(name, result, markdown, "telemanom threshold, event F1: " + "; ".join(
-        f"{d} {cell(cmp[d]['telemanom.f1'])}" for d in per_seed))
+        f"{d} {cell(cmp[d]['telemanom.f1']) if d not in ensembles else round(cmp[d]['telemanom.f1']['mean'], 3)}"
+        for d in per_seed))
 
 
 BENCHMARK = Benchmark("telemanom", __doc__.splitlines()[0], add_arguments, run)
