@@ -59,6 +59,14 @@ def captured(monkeypatch) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         return last["scores"]
 
     def fit_and_score_spy(x_train, x_test, labels, cfg, *args, **kwargs):
+        if kwargs.get("score_fn") is not None:  # HAR scores with the deployable scorer, not _score
+            fn = kwargs["score_fn"]
+
+            def score_fn_spy(nets):
+                last["scores"] = fn(nets)
+                return last["scores"]
+
+            kwargs["score_fn"] = score_fn_spy
         out = fit_and_score(x_train, x_test, labels, cfg, *args, **kwargs)
         seen.append((np.asarray(labels).copy(), np.asarray(last.pop("scores")).copy(), out))
         return out
