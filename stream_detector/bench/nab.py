@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from ..training.fit import ConfigKeyError, SeriesModelConfig
+from . import machine
 from .comparison import DETECTORS, aggregate, cell, parse_detectors, parse_seeds
 from .framework import Benchmark, Report
 
@@ -513,7 +514,8 @@ def run(a: argparse.Namespace) -> Report:
             "train_seconds": sum(r["train_seconds"] for r in groups[det, seed])}
     primary = next((k for k in order if k[0] == "wgan"), order[0])
     rows, scores = groups[primary], run_scores[primary]
-    result = {"config": cfg, "files": len(rows), "machine": f"{_cpu()}, {os.cpu_count()} CPUs, {platform.machine()}, "
+    result = {"config": cfg, "files": len(rows),
+              "machine": f"{machine.cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}, "
               f"torch {torch.__version__}", "libraries": versions(),
               "load_average": [round(v, 2) for v in os.getloadavg()],
               "date": datetime.now().isoformat(timespec="seconds"),
@@ -538,12 +540,6 @@ def run(a: argparse.Namespace) -> Report:
         {"likelihood": "NAB score (log anomaly likelihood)", "rank": "NAB score (causal rank)"}[cfg["post"]])]
     return Report(a.name, result, markdown, "standard profile: " + "; ".join(
         f"{d} {cell(result['comparison'][d]['standard'], 1)}" for d in per_seed))
-
-
-def _cpu() -> str:
-    from .machine import cpu_model
-
-    return cpu_model()
 
 
 BENCHMARK = Benchmark("nab", __doc__.splitlines()[0], add_arguments, run)

@@ -63,6 +63,12 @@ def _windows(values: np.ndarray, window: int) -> np.ndarray:
     return view.reshape(len(view), -1)
 
 
+def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and deviation of ``x``; a constant column gets deviation 1 (raw units)."""
+    std = x.std(0)
+    return x.mean(0), np.where(std < 1e-12, 1.0, std)
+
+
 @dataclass
 class ZScore:
     """``max_c |z_c|`` against the training split: no training."""
@@ -72,9 +78,7 @@ class ZScore:
     lookback: int = 0
 
     def fit(self, train: np.ndarray) -> ZScore:
-        x = train[:, self.columns].astype(np.float64)
-        self.mean, self.std = x.mean(0), x.std(0)
-        self.std[self.std < 1e-12] = 1.0  # a constant training column: deviation in raw units
+        self.mean, self.std = _standardiser(train[:, self.columns].astype(np.float64))
         return self
 
     def score(self, series: np.ndarray) -> np.ndarray:
@@ -99,7 +103,7 @@ class IsolationForestPeer:
         from sklearn.ensemble import IsolationForest
 
         x = train[:, self.columns].astype(np.float64)
-        self.mean, self.std = x.mean(0), np.where(x.std(0) < 1e-12, 1.0, x.std(0))
+        self.mean, self.std = _standardiser(x)
         w = _windows((x - self.mean) / self.std, self.window)
         if len(w) > self.max_train_windows:
             w = w[np.random.default_rng(self.seed).choice(len(w), self.max_train_windows, replace=False)]

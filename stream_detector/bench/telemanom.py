@@ -406,11 +406,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacecraft", default="SMAP", help="rows of labeled_anomalies.csv to use ('' for all)")
     p.add_argument("--limit", type=int, help="only the first N channels (smoke runs)")
     p.add_argument("--only", help="comma-separated channel ids")
-    p.add_argument("--detectors", default="all",
+    p.add_argument("--detectors",
                    help=f"comma-separated, from {', '.join(DETECTORS)}, or 'all' (default): the WGAN model and its "
                         "peers, each on the same channels with the same thresholds")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2); figures are "
-                                                     "reported as mean ± std over them")
+    p.add_argument("--seeds", help="training seeds, comma-separated (default 0,1,2); figures are "
+                                   "reported as mean ± std over them")
     p.add_argument("--ensemble", metavar="DETECTORS",
                    help="also evaluate these detectors' seeds averaged into one score (an ensemble over seeds), "
                         "e.g. 'wgan' or 'all'")
@@ -480,7 +480,7 @@ def run(a: argparse.Namespace) -> Report:
         cfg["encoder_iterations"] = a.iterations
     try:
         TelemanomConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
-        detectors, seeds = parse_detectors(a.detectors), parse_seeds(a.seeds)
+        detectors, seeds = parse_detectors(a.detectors or "all"), parse_seeds(a.seeds or "0,1,2")
     except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
     chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
@@ -491,9 +491,8 @@ def run(a: argparse.Namespace) -> Report:
         models = Path(a.rescore)
         if not models.is_dir():
             raise UserError(f"--rescore {models}: no such folder")
-        explicit = {"--detectors": a.detectors != "all", "--seeds": a.seeds != "0,1,2"}
-        runs = [r for r in saved_runs(models)  # what the options name, when they name something
-                if (not explicit["--detectors"] or r[0] in detectors) and (not explicit["--seeds"] or r[1] in seeds)]
+        runs = [r for r in saved_runs(models)  # what the options name, when they are given
+                if (a.detectors is None or r[0] in detectors) and (a.seeds is None or r[1] in seeds)]
         if not any((folder / ch / "scores.npz").exists() for _, _, folder in runs for ch in chans):
             raise UserError(f"--rescore {models}: no <detector>/seed<k>/<channel>/scores.npz (or <channel>/scores.npz) "
                             "there")
