@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
                                 version=args.version, threshold_quantile=args.threshold_quantile,
                                 source=str(args.data), progress=not args.quiet, threshold=args.threshold,
-                                level_weight=args.level_weight)
+                                level_weight=args.level_weight, score_kind=args.score)
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
@@ -90,27 +90,71 @@ def _score_file(model: str, data: str, stride: int | None, label_column: str | N
     return scorer, series, values, scored.windows, scored.points
 
 
+def _latent_search_scores(args: argparse.Namespace, scorer, values: np.ndarray, result: dict) -> tuple[dict, dict]:
+    """``score``/``evaluate --latent-search``: the windows of ``result`` re-scored by AnoGAN latent
+    search (:mod:`~stream_detector.training.latent_search`, PyTorch) with the PyTorch scorer rebuilt
+    from the model directory.  Returns the window scores with ``scores``/``channel_scores``
+    replaced (the encoder's kept as ``encoder_scores``) and the method's description."""
+    if not args.latent_search:
+        if args.restarts is not None or args.steps is not None:
+            raise UserError("--restarts and --steps set the latent search: add --latent-search")
+        return result, {"method": "encoder"}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("--latent-search needs PyTorch: pip install 'stream-detector[train]'") from None
+    from .runtime.scoring import sliding_windows
+    from .training import latent_search as ls
+    from .training.export import scorer_from_model_dir
+
+    restarts = args.restarts or ls.DEFAULT_RESTARTS
+    steps = ls.DEFAULT_STEPS if args.steps is None else args.steps
+    windows = sliding_windows(np.asarray(values, dtype=np.float32), scorer.window, args.stride or scorer.stride)
+    try:
+        found = ls.latent_search(scorer_from_model_dir(scorer.model_dir), windows, restarts=restarts, steps=steps)
+    except ValueError as e:  # a card the search cannot refine (critic-only score), weights that do not fit
+        raise UserError(f"--latent-search: {e}") from None
+    method = ls.describe(found)
+    print(f"latent search ({restarts} restarts x {steps} steps): {len(windows)} windows in {found['seconds']:.1f} s "
+          f"({found['seconds'] * 1e3 / max(1, len(windows)):.1f} ms per window)")
+    return {**result, "scores": found["score"], "channel_scores": found["channel_scores"],
+            "encoder_scores": result["scores"]}, method
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    scorer, series, _, result, points = _score_file(args.model, args.data, args.stride)
+    from .runtime.scoring import point_scores
+
+    scorer, series, values, result, points = _score_file(args.model, args.data, args.stride)
+    result, method = _latent_search_scores(args, scorer, values, result)
+    refined = "encoder_scores" in result
+    if refined:
+        points = point_scores(len(points), result["starts"], scorer.window, result["scores"])
+        encoder_points = point_scores(len(points), result["starts"], scorer.window, result["encoder_scores"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "timestamp", "score", "threshold", "is_anomaly"])
+        # with --latent-search, two more columns: the encoder's score beside the refined one, and the method
+        w.writerow(["index", "timestamp", "score", "threshold", "is_anomaly"]
+                   + (["encoder_score", "method"] if refined else []))
         ts = series.timestamps
         for i, s in enumerate(points):
             w.writerow([i, "" if ts is None else repr(float(ts[i])), "" if np.isnan(s) else f"{s:.7g}",
-                        f"{scorer.threshold:.7g}", int(bool(s >= scorer.threshold))])
+                        f"{scorer.threshold:.7g}", int(bool(s >= scorer.threshold))]
+                       + (["" if np.isnan(encoder_points[i]) else f"{encoder_points[i]:.7g}",
+                           f"latent-search {method['restarts']}x{method['steps']}"] if refined else []))
     if args.windows_out:
         with open(args.windows_out, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["start", "end", "score", "is_anomaly"] + [f"channel:{c}" for c in scorer.channels])
-            for s, sc, cs in zip(result["starts"], result["scores"], result["channel_scores"]):
+            w.writerow(["start", "end", "score", "is_anomaly"] + [f"channel:{c}" for c in scorer.channels]
+                       + (["encoder_score"] if refined else []))
+            for k, (s, sc, cs) in enumerate(zip(result["starts"], result["scores"], result["channel_scores"])):
                 w.writerow([int(s), int(s) + scorer.window - 1, f"{sc:.7g}", int(sc >= scorer.threshold)]
-                           + [f"{v:.6g}" for v in cs])
+                           + [f"{v:.6g}" for v in cs] + ([f"{result['encoder_scores'][k]:.7g}"] if refined else []))
     n_anom = int(np.sum(points >= scorer.threshold))
-    print(f"scored {len(points)} points ({len(result['starts'])} windows, provider {scorer.provider}): "
-          f"{n_anom} points above threshold {scorer.threshold:.5g}; written to {out}")
+    print(f"scored {len(points)} points ({len(result['starts'])} windows, provider {scorer.provider}"
+          f"{', latent search' if refined else ''}): {n_anom} points above threshold {scorer.threshold:.5g}; "
+          f"written to {out}")
     return 0
 
 
@@ -123,6 +167,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.labels and not args.label_column:
         raise UserError("evaluate needs labels: --labels RANGES|FILE or --label-column NAME")
     scorer, series, values, result, points = _score_file(args.model, args.data, args.stride, args.label_column)
+    result, method = _latent_search_scores(args, scorer, values, result)
+    encoder_points = points
+    if "encoder_scores" in result:
+        from .runtime.scoring import point_scores
+
+        points = point_scores(len(points), result["starts"], scorer.window, result["scores"])
     n = len(points)
     if args.label_column:
         labels = series.labels
@@ -135,7 +185,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_scores(labels, points, scorer.threshold, merge_gap=args.merge_gap)
     report.update({"model": f"{scorer.name}:{scorer.version}", "model_dir": str(args.model), "data": str(args.data),
                    "threshold": scorer.threshold, "provider": scorer.provider, "windows": int(len(result["starts"])),
-                   "label_ranges": [list(map(int, r)) for r in ranges]})
+                   "label_ranges": [list(map(int, r)) for r in ranges], "score_method": method})
+    if "encoder_scores" in result:  # the fast score on the same points, for comparison
+        from .training.evaluation import auprc, roc_auc
+
+        ok = np.isfinite(encoder_points)
+        report["encoder_score"] = {"roc_auc": roc_auc(labels[ok], encoder_points[ok]),
+                                   "auprc": auprc(labels[ok], encoder_points[ok])}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -171,6 +227,13 @@ def _report_markdown(r: dict) -> str:
     lines = [f"# Evaluation of {r['model']} on {r['data']}", "",
              f"Threshold {r['threshold']:.6g} from the model card; {r['windows']} windows; provider {r['provider']}.", "",
              "| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    m = r.get("score_method") or {}
+    if m.get("method") == "latent-search":
+        enc = r["encoder_score"]
+        lines += ["", f"Window scores by latent search ({m['restarts']} restarts x {m['steps']} steps, lambda "
+                  f"{m['lam']:.3g}, Adam lr {m['lr']}, seed {m['seed']}; {m['seconds_per_window'] * 1e3:.1f} ms per "
+                  f"window); the encoder's score on the same points: ROC-AUC {enc['roc_auc']:.4f}, AUPRC "
+                  f"{enc['auprc']:.4f}."]
     lines += ["", "Plots: `pr_curve.png`, `timeline.png`, `window.png` (highest-scoring window: input, reconstruction, residual).", ""]
     return "\n".join(lines)
 
@@ -289,6 +352,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}")
+    return value
+
+
+def _latent_search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latent-search", action="store_true",
+                   help="score each window by AnoGAN latent search (needs PyTorch; slow: restarts x steps passes "
+                        "through generator and critic per window) instead of the encoder's one pass")
+    p.add_argument("--restarts", type=_positive_int, help="latent search: starts per window, E(x) and random codes "
+                   "(default 4, research 003)")
+    p.add_argument("--steps", type=_non_negative_int, help="latent search: Adam steps per start (default 50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-detector", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -311,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--level-weight", type=float, help="weight of the level term in the score (how far a window leaves "
                    "the training range; default 1.0 for distance plots, which cannot see a level shift without it, "
                    "0 for sequence)")
+    t.add_argument("--score", choices=["fanogan", "critic", "combined"], default="fanogan",
+                   help="the window score: fanogan (residual + kappa * critic-feature distance), critic (the "
+                   "critic's own output, -D(x)), or combined (fanogan + the critic's score standardised on the "
+                   "training windows)")
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--plot-size", type=_positive_int, default=32, help="distance-plot side; longer windows are pooled")
     t.add_argument("--max-seconds", type=float, help="wall-clock budget for training")
@@ -331,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV: index,timestamp,score,threshold,is_anomaly")
     s.add_argument("--windows-out", help="also write one row per window (start, end, score, channel scores)")
     s.add_argument("--stride", type=_positive_int, help="override the card's stride")
+    _latent_search_arguments(s)
     s.set_defaults(func=cmd_score)
 
     e = sub.add_parser("evaluate", help="score a labelled file and write a metrics report with plots")
@@ -343,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge-gap", type=int, default=0, help="merge detections separated by at most this many points")
     e.add_argument("--stride", type=_positive_int, help="override the card's stride")
     e.add_argument("--out", required=True, help="report directory")
+    _latent_search_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("worker", help="run the streaming worker (Faust agent) against Kafka")

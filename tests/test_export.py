@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from stream_detector.runtime.card import load_card  # noqa: E402
 from stream_detector.errors import ModelLoadError  # noqa: E402
-from stream_detector.training.export import ScoringNetwork, export_onnx  # noqa: E402
+from stream_detector.training.export import OUTPUTS, ScoringNetwork, export_onnx  # noqa: E402
 from stream_detector.training.nets import Critic, Encoder, Generator  # noqa: E402
 from stream_detector.runtime.scoring import Scorer  # noqa: E402
 from stream_detector.training.transforms import WindowTransform, fit_normalisation  # noqa: E402
@@ -18,31 +18,46 @@ from stream_detector.training.transforms import WindowTransform, fit_normalisati
 from conftest import synthetic_series, tiny_model  # noqa: E402
 
 
-@pytest.mark.parametrize("transform,arch,level", [("sequence", "conv", 0.0), ("distance-plot", "conv", 1.0),
-                                                  ("distance-plot-mv", "conv", 1.0), ("sequence", "mlp", 0.0),
-                                                  ("distance-plot", "conv", 0.0), ("sequence", "conv", 0.5)])
-def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch, level):
+@pytest.mark.parametrize("transform,arch,level,kind", [
+    ("sequence", "conv", 0.0, "fanogan"), ("distance-plot", "conv", 1.0, "fanogan"),
+    ("distance-plot-mv", "conv", 1.0, "combined"), ("sequence", "mlp", 0.0, "critic"),
+    ("distance-plot", "conv", 0.0, "critic"), ("sequence", "conv", 0.5, "fanogan"),
+    ("sequence", "conv", 0.0, "combined"), ("sequence", "conv", 0.0, "critic")])
+def test_onnx_runtime_matches_pytorch(tmp_path, transform, arch, level, kind):
     torch.manual_seed(0)
     values = synthetic_series(400)
     stats = fit_normalisation(values)
     wt = WindowTransform(transform, stats, 32, plot_size=16)
     shape = wt.output_shape()
     scorer = ScoringNetwork(wt, Encoder(arch, shape, 8, 4), Generator(arch, shape, 8, 4), Critic(arch, shape, 8), 1.0,
-                            level)
+                            level, kind, critic_mean=0.3, critic_scale=2.0)
     export_onnx(scorer, 32, 3, tmp_path / "model.onnx")
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     windows = np.stack([values[i:i + 32] for i in range(0, 300, 7)]) * 1.3  # also outside the training range
-    onnx_score, onnx_channels, _, _ = sess.run(None, {"window": windows})
+    onnx_out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"window": windows})))
     with torch.no_grad():
-        t_score, t_channels, _, _ = scorer(torch.from_numpy(windows))
-    assert onnx_score.shape == (len(windows),) and onnx_channels.shape == (len(windows), 3)
-    assert np.max(np.abs(onnx_score - t_score.numpy())) < 1e-4
-    assert np.max(np.abs(onnx_channels - t_channels.numpy())) < 1e-4
+        torch_out = dict(zip(OUTPUTS, (t.numpy() for t in scorer(torch.from_numpy(windows)))))
+    assert set(onnx_out) == set(OUTPUTS)
+    assert onnx_out["score"].shape == (len(windows),) and onnx_out["channel_scores"].shape == (len(windows), 3)
+    assert onnx_out["cell_scores"].shape == (len(windows), 3, 32) and onnx_out["critic_score"].shape == (len(windows),)
+    for name in ("score", "channel_scores", "cell_scores", "critic_score"):
+        assert np.max(np.abs(onnx_out[name] - torch_out[name])) < 1e-4 * max(1.0, np.max(np.abs(torch_out[name]))), name
+    # channel scores are the cells' mean over time
+    assert np.allclose(onnx_out["cell_scores"].mean(axis=2), onnx_out["channel_scores"], rtol=1e-4, atol=1e-6)
+    # the kind decides the score
+    fanogan = onnx_out["score"] if kind == "fanogan" else None
+    if kind == "critic" and not level:
+        assert np.allclose(onnx_out["score"], onnx_out["critic_score"], rtol=1e-5)
+    if kind == "combined" and not level:
+        fanogan = onnx_out["score"] - 2.0 * (onnx_out["critic_score"] - 0.3)
+        assert np.all(fanogan > 0)  # what is left is a sum of squares
+    if fanogan is not None and not level and wt.kind != "distance-plot-mv":
+        assert np.all(fanogan >= onnx_out["channel_scores"].mean(axis=1) - 1e-6)  # A_R + kappa * A_D >= A_R
     # dynamic batch: a batch of one gives the same score as inside the big batch
     single = sess.run(["score"], {"window": windows[5:6]})[0]
-    assert abs(single[0] - onnx_score[5]) < 1e-5
+    assert abs(single[0] - onnx_out["score"][5]) < 1e-5 * max(1.0, abs(onnx_out["score"][5]))
 
 
 def test_card_records_the_contract(trained_sequence_model):

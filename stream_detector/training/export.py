@@ -1,15 +1,28 @@
 """The fused scorer graph and its ONNX export.
 
-:class:`ScoringNetwork` chains transform, encoder, generator and the critic's feature trunk
-into one module from raw windows to scores, so the ONNX file is the whole model:
+:class:`ScoringNetwork` chains transform, encoder, generator and the critic into one module
+from raw windows to scores, so the ONNX file is the whole model.  The score is chosen by the
+card's ``score.kind`` (:data:`SCORE_KINDS`, ``train --score``):
 
-``A(x) = A_R(x) + kappa * A_D(x) + lambda * A_L(x)`` with ``A_R = mean((x - G(E(x)))^2)``
-over the transformed input, ``A_D = mean((f(x) - f(G(E(x))))^2)`` over the critic's last
-hidden layer (f-AnoGAN, without square roots), and the level term ``A_L``, the mean over
-channels of :meth:`~.transforms.WindowTransform.range_excess` (how far the raw window leaves
-the training range; ``lambda`` is the card's ``level_weight``, 0 for none).
-``channel_scores`` splits ``A_R + lambda * A_L`` over the input channels so an alert can name
-the channels that drove it.
+* ``fanogan`` (the default): ``A_R(x) + kappa * A_D(x)`` with ``A_R = mean((x - G(E(x)))^2)``
+  over the transformed input and ``A_D = mean((f(x) - f(G(E(x))))^2)`` over the critic's
+  last hidden layer (f-AnoGAN, without square roots);
+* ``critic``: the critic's own output, negated (``-D(x)``: the WGAN critic rates normal data
+  high), nearly free once the features are computed (research documents 003 and 004; 003
+  found it faster with earlier detection, 004 unreliable on MNIST);
+* ``combined``: ``fanogan + critic_scale * (-D(x) - critic_mean)``: the critic's score
+  standardised on the training windows and put on the fanogan score's scale
+  (``critic_scale = std(fanogan) / std(-D)``), so that each counts alike;
+
+plus, for every kind, the level term ``lambda * A_L``: the mean over channels of
+:meth:`~.transforms.WindowTransform.range_excess` (how far the raw window leaves the training
+range; ``lambda`` is the card's ``level_weight``, 0 for none).
+
+Root cause: ``cell_scores [B, C, W]`` maps ``A_R``'s residual (and the level term) back onto
+the raw window's channels and time steps (:meth:`~.transforms.WindowTransform.cell_attribution`),
+and ``channel_scores [B, C]`` is its mean over time, so an alert can say which channel and
+when.  Both come from the residual whatever the score kind: the critic gives one number per
+window and cannot be split.  ``critic_score [B]`` is ``-D(x)``, always in the graph.
 
 Sequence conv scorers are written in the form of :mod:`.onnx_graph` (the same function,
 re-expressed for ONNX Runtime's fast CPU kernels, checked against the plain export at every
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,41 +41,89 @@ from torch import nn
 from .nets import Critic, Encoder, Generator
 from .transforms import WindowTransform
 
-OUTPUTS = ("score", "channel_scores", "transformed", "reconstruction")
+OUTPUTS = ("score", "channel_scores", "transformed", "reconstruction", "cell_scores", "critic_score")
+SCORE_KINDS = ("fanogan", "critic", "combined")
+
+
+class ScoreParts(NamedTuple):
+    """The parts every score kind is made of, for transformed inputs ``x``."""
+
+    fanogan: torch.Tensor  # A_R + kappa * A_D, [B]
+    critic: torch.Tensor  # -D(x), [B]
+    residual: torch.Tensor  # (x - G(E(x)))^2, input-shaped
+    reconstruction: torch.Tensor
+
+
+def score_parts(x: torch.Tensor, encoder: Encoder, generator: Generator, critic: Critic,
+                kappa: float) -> ScoreParts:
+    recon = generator(encoder(x))
+    residual = (x - recon) ** 2
+    a_r = residual.flatten(1).mean(dim=1)
+    f_x = critic.features(x)
+    a_d = ((f_x - critic.features(recon)) ** 2).mean(dim=1)
+    return ScoreParts(a_r + kappa * a_d, -critic.head(f_x).squeeze(1), residual, recon)
+
+
+def combine(kind: str, parts: ScoreParts, critic_mean: float = 0.0, critic_scale: float = 1.0) -> torch.Tensor:
+    """The score of ``kind`` (:data:`SCORE_KINDS`) from its parts (without the level term)."""
+    if kind == "fanogan":
+        return parts.fanogan
+    if kind == "critic":
+        return parts.critic
+    if kind == "combined":
+        return parts.fanogan + critic_scale * (parts.critic - critic_mean)
+    raise ValueError(f"unknown score kind {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
 
 
 def anomaly_scores(x: torch.Tensor, encoder: Encoder, generator: Generator, critic: Critic,
                    kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score, squared residual (input-shaped) and reconstruction of transformed inputs ``x``."""
-    recon = generator(encoder(x))
-    residual = (x - recon) ** 2
-    a_r = residual.flatten(1).mean(dim=1)
-    a_d = ((critic.features(x) - critic.features(recon)) ** 2).mean(dim=1)
-    return a_r + kappa * a_d, residual, recon
+    """The fanogan score, squared residual (input-shaped) and reconstruction of transformed inputs."""
+    parts = score_parts(x, encoder, generator, critic, kappa)
+    return parts.fanogan, parts.residual, parts.reconstruction
+
+
+def critic_standardisation(fanogan: torch.Tensor, critic: torch.Tensor) -> dict:
+    """``critic_mean`` and ``critic_scale`` of the ``combined`` score from training windows' parts."""
+    c_std = float(critic.std())
+    return {"critic_mean": float(critic.mean()),
+            "critic_scale": float(fanogan.std()) / c_std if c_std > 0 else 0.0}
 
 
 class ScoringNetwork(nn.Module):
-    """Raw windows ``[B, W, C]`` to (score, channel_scores, transformed input, reconstruction)."""
+    """Raw windows ``[B, W, C]`` to the graph's :data:`OUTPUTS`."""
 
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
-                 kappa: float, level_weight: float = 0.0):
+                 kappa: float, level_weight: float = 0.0, score_kind: str = "fanogan",
+                 critic_mean: float = 0.0, critic_scale: float = 1.0):
         super().__init__()
+        if score_kind not in SCORE_KINDS:
+            raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
         self.transform = transform
         self.encoder, self.generator, self.critic = encoder, generator, critic
         self.kappa = float(kappa)
         self.level_weight = float(level_weight)
+        self.score_kind = score_kind
+        self.critic_mean, self.critic_scale = float(critic_mean), float(critic_scale)
         self.eval()
+
+    def score_spec(self) -> dict:
+        """What the card's ``score`` records of the score's kind."""
+        spec = {"kind": self.score_kind}
+        if self.score_kind == "combined":
+            spec.update(critic_mean=self.critic_mean, critic_scale=self.critic_scale)
+        return spec
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)
-        score, residual, recon = anomaly_scores(x, self.encoder, self.generator, self.critic, self.kappa)
-        channels = self.transform.channel_attribution(window, residual)
+        parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa)
+        score = combine(self.score_kind, parts, self.critic_mean, self.critic_scale)
+        cells = self.transform.cell_attribution(window, parts.residual)  # [B, C, W]
         if self.level_weight:
-            excess = self.level_weight * self.transform.range_excess(window)  # [B, C]
-            score = score + excess.mean(dim=1)
+            excess = self.level_weight * self.transform.range_excess_cells(window)  # [B, C, W]
+            score = score + excess.mean(dim=(1, 2))
             # the multivariate plot's channel shares sum to its residual; the others average to it
-            channels = channels + (excess / excess.shape[1] if self.transform.kind == "distance-plot-mv" else excess)
-        return score, channels, x, recon
+            cells = cells + (excess / excess.shape[1] if self.transform.kind == "distance-plot-mv" else excess)
+        return score, cells.mean(dim=2), x, parts.reconstruction, cells, parts.critic
 
 
 def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
@@ -82,13 +144,25 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     arch = cfg.get("arch", "conv")
     width, latent = default_sizes(shape, arch)
     width, latent = cfg.get("width") or width, cfg.get("latent_dim") or latent
+    sc = card.score
     scorer = ScoringNetwork(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
-                           Critic(arch, shape, width), float(card.score.get("kappa", 1.0)),
-                           float(card.score.get("level_weight", 0.0)))
+                            Critic(arch, shape, width), float(sc.get("kappa", 1.0)), float(sc.get("level_weight", 0.0)),
+                            sc.get("kind", "fanogan"), float(sc.get("critic_mean", 0.0)),
+                            float(sc.get("critic_scale", 1.0)))
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     missing, unexpected = scorer.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("critic.head.") and not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if any(k.startswith("critic.head.") for k in missing):
+        # Graphs exported before the critic score was an output do not carry the critic's head:
+        # its score is unknown (NaN), never a made-up number.
+        if scorer.score_kind != "fanogan":
+            raise ValueError(f"{model_dir}: the card's score kind {scorer.score_kind!r} needs the critic's head, "
+                             "which model.onnx does not carry")
+        with torch.no_grad():
+            scorer.critic.head.weight.zero_()
+            scorer.critic.head.bias.fill_(float("nan"))
+        missing = [k for k in missing if not k.startswith("critic.head.")]
     if missing or unexpected:
         raise ValueError(f"{model_dir}: weights do not fit the card's networks "
                          f"(missing {missing}, unexpected {unexpected})")
@@ -124,7 +198,8 @@ def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path
     graph, form = buf.getvalue(), onnx_graph.PLAIN
     if optimise and scorer.transform.kind == "sequence" and not scorer.level_weight:  # the fast form has no A_L
         try:
-            graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer))
+            graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer),
+                                        scorer.score_spec())
             form = onnx_graph.FORM
         except onnx_graph.NotApplicable:
             pass

@@ -108,6 +108,11 @@ def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.99
     return spec
 
 
+FANOGAN = "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
+SCORE_FORMULAS = {"fanogan": FANOGAN, "critic": "-D(x)",
+                  "combined": f"{FANOGAN} + critic_scale * (-D(x) - critic_mean)"}
+
+
 def default_level_weight(transform: str) -> float:
     """The level term's weight when none is given: 1.0 for the distance plots, which cannot
     see a level shift without it (``R_ij = |s_i - s_j|`` ignores an added constant), 0 for
@@ -120,21 +125,25 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
                      version: str = "1", train_fraction: float = 0.8, threshold_quantile: float = 0.995,
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
                      progress: bool = True, threshold: str = "quantile",
-                     threshold_params: dict | None = None, level_weight: float | None = None) -> ModelCard:
+                     threshold_params: dict | None = None, level_weight: float | None = None,
+                     score_kind: str = "fanogan") -> ModelCard:
     """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
     pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
     plots to ``out_dir``.
 
     ``threshold`` is the method the worker applies (:func:`threshold_spec`); the held-out
     quantile calibration is always recorded (``value``/``release``), as the static level and
-    as a reference scale for the adaptive methods."""
+    as a reference scale for the adaptive methods.  ``score_kind`` is one of
+    :data:`~.export.SCORE_KINDS` (``combined`` standardises the critic on the training windows)."""
     import torch
 
-    from .export import ScoringNetwork, export_onnx
+    from .export import SCORE_KINDS, ScoringNetwork, critic_standardisation, export_onnx, score_parts
     from .nets import count_flops
     from .transforms import WindowTransform, fit_normalisation, fit_window_mean_range
     from .wgan import config_dict, train
 
+    if score_kind not in SCORE_KINDS:
+        raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
     segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
     train_parts, calib_parts = _split_segments(segments, window, train_fraction, source)
     n = sum(len(v) for v in segments)
@@ -153,7 +162,13 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     wt = WindowTransform(transform, stats, window, plot_size)
     x = _transform_windows(wt, train_windows)
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
-    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level)
+    standardise = {}
+    if score_kind == "combined":
+        with torch.no_grad():
+            parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa)
+                     for i in range(0, len(x), 1024)]
+        standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
+    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind, **standardise)
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 
@@ -167,14 +182,16 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         threshold=threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile, threshold_params),
         plot_size=plot_size if transform != "sequence" else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        score={"formula": "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
+        score={"formula": SCORE_FORMULAS[score_kind]
                           + (" + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2)" if level else ""),
+               **scorer.score_spec(),
                "kappa": cfg.kappa,
                "level_weight": level,
                "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
         graph={"inputs": {"window": ["batch", window, len(channels)]},
                "outputs": {"score": ["batch"], "channel_scores": ["batch", len(channels)],
-                           "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()]},
+                           "transformed": ["batch", *wt.output_shape()], "reconstruction": ["batch", *wt.output_shape()],
+                           "cell_scores": ["batch", len(channels), window], "critic_score": ["batch"]},
                "flops_per_window": flops, "form": form},
         training={"config": config_dict(cfg), "source": source, "points": n, "segments": len(segments),
                   "train_points": split, "calibration_points": n - split, "train_windows": int(len(x)),
@@ -217,6 +234,7 @@ class SeriesModelConfig:
     release_quantile: float = 0.95
     max_train_windows: int = 20000
     level_weight: float | None = None  # None: default_level_weight(transform)
+    score: str = "fanogan"  # export.SCORE_KINDS
     train: TrainConfig = field(default_factory=lambda: _train_config_type()())
 
     @classmethod
@@ -316,7 +334,7 @@ def fit_and_score(train_values: np.ndarray, score_values: np.ndarray, channels: 
                             train_fraction=train_fraction, threshold_quantile=config.threshold_quantile,
                             release_quantile=config.release_quantile, max_train_windows=config.max_train_windows,
                             source=source, progress=progress, threshold=config.threshold,
-                            level_weight=config.level_weight)
+                            level_weight=config.level_weight, score_kind=config.score)
     train_seconds = time.monotonic() - started
     scores = score_with_model(model_dir, score_values, stride=stride, threads=threads)
     return FitAndScore(card, scores, train_seconds)

@@ -23,7 +23,8 @@ fast, from the same weights:
 * normalisation is one multiply and one add.
 
 Inputs, outputs, names and shapes are those of the plain export (``window [batch, W, C]`` to
-``score``, ``channel_scores``, ``transformed``, ``reconstruction``), so nothing else changes;
+``score``, ``channel_scores``, ``transformed``, ``reconstruction``, ``cell_scores``,
+``critic_score``; the score of the card's kind), so nothing else changes;
 the results agree with the plain graph to float32 rounding (relative differences around
 1e-6), and :func:`check_same_outputs` proves it for each graph written: the export and
 :func:`optimise_model_dir` refuse to write a graph that does not agree.  The ONNX metadata
@@ -48,6 +49,7 @@ FORM = "sequence-conv2d-v1"
 PLAIN = "plain"
 LEAKY_SLOPE = 0.2  # nets._ConvTrunk
 RTOL, ATOL = 1e-4, 1e-5  # fast against plain, on every output
+OUTPUT_NAMES = ("score", "channel_scores", "transformed", "reconstruction", "cell_scores", "critic_score")  # export.OUTPUTS
 
 
 class NotApplicable(ValueError):
@@ -203,8 +205,15 @@ def _phase_conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sequence_conv_graph(params: dict, bn_eps: dict, window: int, channels: int, kappa: float,
-                        opset: int = 17):
-    """The fast form (module docstring) of a sequence conv scorer from its weights."""
+                        score_spec: dict | None = None, opset: int = 17):
+    """The fast form (module docstring) of a sequence conv scorer from its weights; ``score_spec``
+    is the card's score kind and its constants (``export.ScoringNetwork.score_spec``, default
+    fanogan).  Weights without the critic's head (graphs exported before the critic score was
+    an output) give a NaN ``critic_score``, as ``export.scorer_from_model_dir`` does."""
+    spec = dict(score_spec or {"kind": "fanogan"})
+    has_head = "critic.head.weight" in params
+    if spec["kind"] != "fanogan" and not has_head:
+        raise NotApplicable(f"score kind {spec['kind']!r} without the critic's head")
     from onnx import TensorProto, checker, helper
 
     if not applicable(params):
@@ -262,6 +271,7 @@ def sequence_conv_graph(params: dict, bn_eps: dict, window: int, channels: int, 
 
     res = b.op("Sub", [transformed, recon])
     res2 = b.op("Mul", [res, res])
+    b.op("Identity", [res2], out="cell_scores")  # sequences: the residual is on the window's own cells
     channel_scores = b.op("ReduceMean", [res2], out="channel_scores", axes=[2], keepdims=0)
     a_r = b.op("ReduceMean", [channel_scores], axes=[1], keepdims=0)
 
@@ -270,7 +280,24 @@ def sequence_conv_graph(params: dict, bn_eps: dict, window: int, channels: int, 
     f_x, f_r = b.op("Split", [f_both], n_out=2, axis=0)
     d = b.op("Sub", [f_x, f_r])
     a_d = b.op("ReduceMean", [b.op("Mul", [d, d])], axes=[1], keepdims=0)
-    b.op("Add", [a_r, b.op("Mul", [a_d, b.const(kappa, "score.kappa")])], out="score")
+    fanogan = b.op("Add", [a_r, b.op("Mul", [a_d, b.const(kappa, "score.kappa")])])
+    if has_head:
+        head = [b.const(params[n], n) for n in ("critic.head.weight", "critic.head.bias")]
+        d_x = b.op("Squeeze", [b.op("Gemm", [f_x, *head], transB=1), b.ints(1)])
+        critic = b.op("Neg", [d_x], out="critic_score")
+    else:
+        critic = b.op("Add", [b.op("Mul", [a_r, b.const(0.0)]), b.const(float("nan"))], out="critic_score")
+    if spec["kind"] == "fanogan":
+        b.op("Identity", [fanogan], out="score")
+    elif spec["kind"] == "critic":
+        b.op("Identity", [critic], out="score")
+    elif spec["kind"] == "combined":
+        scale = float(spec["critic_scale"])
+        shifted = b.op("Add", [b.op("Mul", [critic, b.const(scale, "score.critic_scale")]),
+                               b.const(-scale * float(spec["critic_mean"]), "score.critic_shift")])
+        b.op("Add", [fanogan, shifted], out="score")
+    else:
+        raise NotApplicable(f"unknown score kind {spec['kind']!r}")
 
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
@@ -278,7 +305,9 @@ def sequence_conv_graph(params: dict, bn_eps: dict, window: int, channels: int, 
         [helper.make_tensor_value_info("score", f32, ["batch"]),
          helper.make_tensor_value_info("channel_scores", f32, ["batch", channels]),
          helper.make_tensor_value_info("transformed", f32, ["batch", channels, window]),
-         helper.make_tensor_value_info("reconstruction", f32, ["batch", channels, window])],
+         helper.make_tensor_value_info("reconstruction", f32, ["batch", channels, window]),
+         helper.make_tensor_value_info("cell_scores", f32, ["batch", channels, window]),
+         helper.make_tensor_value_info("critic_score", f32, ["batch"])],
         b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="stream-detector")
     model.ir_version = 8  # readable by every onnxruntime the project accepts (>= 1.18)
@@ -321,7 +350,8 @@ def check_same_outputs(plain: bytes, fast: bytes, windows: np.ndarray) -> dict[s
         ya = dict(zip(names, a.run(names, {"window": batch})))
         yb = dict(zip(names, b.run(names, {"window": batch})))
         for name in names:
-            if ya[name].shape != yb[name].shape or not np.allclose(ya[name], yb[name], rtol=RTOL, atol=ATOL):
+            if ya[name].shape != yb[name].shape or not np.allclose(ya[name], yb[name], rtol=RTOL, atol=ATOL,
+                                                                   equal_nan=True):
                 diff = float(np.max(np.abs(ya[name] - yb[name]))) if ya[name].shape == yb[name].shape else float("nan")
                 raise GraphMismatch(f"output {name!r}: shapes {ya[name].shape} / {yb[name].shape}, "
                                     f"max |diff| {diff:.3g}")
@@ -333,16 +363,18 @@ def check_same_outputs(plain: bytes, fast: bytes, windows: np.ndarray) -> dict[s
 
 
 def optimise(plain: bytes, window: int, channels: int, kappa: float,
-             params_eps: tuple[dict, dict] | None = None) -> bytes:
+             params_eps: tuple[dict, dict] | None = None, score_spec: dict | None = None) -> bytes:
     """The fast form of a plain exported graph, checked against it; :class:`NotApplicable` or
-    :class:`GraphMismatch` otherwise."""
+    :class:`GraphMismatch` otherwise.  A fast-form graph written before ``cell_scores`` and
+    ``critic_score`` were outputs is rewritten from its weights with every output, checked on
+    the outputs it had."""
     import onnx
 
     model = onnx.load_from_string(plain)
-    if graph_form_of_model(model) != PLAIN:
+    if graph_form_of_model(model) != PLAIN and {o.name for o in model.graph.output} >= set(OUTPUT_NAMES):
         raise NotApplicable("already re-expressed")
-    params, eps = params_eps or params_from_onnx(model)
-    fast = sequence_conv_graph(params, eps, window, channels, kappa).SerializeToString()
+    params, eps = params_eps or state_dict_params(model)
+    fast = sequence_conv_graph(params, eps, window, channels, kappa, score_spec).SerializeToString()
     check_same_outputs(plain, fast, probe_windows(params, window, channels))
     return fast
 
@@ -353,9 +385,11 @@ def graph_form_of_model(model) -> str:
 
 def optimise_model_dir(model_dir: Path | str) -> str:
     """Rewrite ``model_dir/model.onnx`` in the fast form (checked against the file it replaces)
-    and update the card in place: ``onnx_sha256``, ``graph.form`` and ``graph.plain_onnx_sha256``
-    (the graph it was rewritten from); nothing else in the card changes, the threshold included
-    (the scores are the same).  Returns what happened, in words."""
+    and update the card in place: ``onnx_sha256``, ``graph.form``, ``graph.plain_onnx_sha256``
+    (the plain graph it was first rewritten from) and ``graph.outputs``; nothing else in the card
+    changes, the threshold included (the scores are the same).  A fast-form graph from before
+    ``cell_scores`` and ``critic_score`` gains them (``critic_score`` NaN: those graphs do not
+    carry the critic's head).  Returns what happened, in words."""
     import json
 
     from ..runtime.card import load_card, sha256_file
@@ -369,14 +403,22 @@ def optimise_model_dir(model_dir: Path | str) -> str:
     if card.score.get("level_weight"):
         return f"{model_dir}: left as it is (its score has a level term, which the fast form does not carry)"
     try:
-        fast = optimise(plain, card.window, len(card.channels), float(card.score.get("kappa", 1.0)))
+        fast = optimise(plain, card.window, len(card.channels), float(card.score.get("kappa", 1.0)),
+                        score_spec={"kind": "fanogan", **{k: card.score[k] for k in
+                                                          ("kind", "critic_mean", "critic_scale") if k in card.score}})
     except NotApplicable as e:
         return f"{model_dir}: left as it is ({e})"
     raw = json.loads(card_path.read_text())  # edited in place: the card keeps its key order
     tmp = path.with_suffix(".onnx.tmp")
     tmp.write_bytes(fast)
     tmp.replace(path)
-    raw["graph"] = {**raw.get("graph", {}), "form": FORM, "plain_onnx_sha256": raw["onnx_sha256"]}
+    graph = raw.get("graph", {})
+    was_plain = graph.get("form", PLAIN) == PLAIN
+    raw["graph"] = {**graph, "form": FORM,
+                    "plain_onnx_sha256": raw["onnx_sha256"] if was_plain else graph.get("plain_onnx_sha256")}
+    if "outputs" in graph:
+        raw["graph"]["outputs"] = {**graph["outputs"], "cell_scores": ["batch", len(card.channels), card.window],
+                                   "critic_score": ["batch"]}
     raw["onnx_sha256"] = sha256_file(path)
     card_path.write_text(json.dumps(raw, indent=2) + "\n")
     load_card(model_dir)

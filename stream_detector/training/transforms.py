@@ -111,11 +111,17 @@ class WindowTransform(nn.Module):
         return dist.unsqueeze(1) - 1.0
 
     def range_excess(self, window: torch.Tensor) -> torch.Tensor:
-        """How far each channel of a raw window ``[B, W, C]`` leaves its training range, ``[B, C]``:
-        the mean over time of ``relu(|s| - 1)^2`` on the normalised window ``s`` (the training
+        """:meth:`range_excess_cells` averaged over time, ``[B, C]``."""
+        return self.range_excess_cells(window).mean(dim=2)
+
+    def range_excess_cells(self, window: torch.Tensor) -> torch.Tensor:
+        """How far each channel of a raw window ``[B, W, C]`` leaves its training range at each
+        time step, ``[B, C, W]``:
+        ``relu(|s| - 1)^2`` on the normalised window ``s`` (the training
         range is ``[-1, 1]``, so 1.0 is a full half-range beyond it), plus, when the statistics
         hold the training windows' mean range (:func:`fit_window_mean_range`), ``relu(|m| - 1)^2``
-        for the window's mean ``m`` mapped the same way onto that range.
+        for the window's mean ``m`` mapped the same way onto that range, spread evenly over the
+        window's steps (it belongs to no one step).
 
         The limit check operators already trust, in the graph: a distance plot does not change
         when a constant is added to the window, so without this term a level shift or a stuck
@@ -123,27 +129,43 @@ class WindowTransform(nn.Module):
         points' range but no training window sat at (on UCI HAR, LAYING: its points leave the
         other activities' range by little, its window means by far)."""
         s = self.normalise(window)
-        excess = (torch.relu(s.abs() - 1.0) ** 2).mean(dim=1)
+        excess = (torch.relu(s.abs() - 1.0) ** 2).transpose(1, 2)  # [B, C, W]
         if self.has_mean_range:
             m = (window.mean(dim=1) - self.mean_offset) * self.mean_scale - 1.0
-            excess = excess + torch.relu(m.abs() - 1.0) ** 2
+            excess = excess + (torch.relu(m.abs() - 1.0) ** 2).unsqueeze(2)
         return excess
 
     def channel_attribution(self, window: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Per-input-channel share of a squared residual in transformed space, ``[B, C]``.
+        """Per-input-channel share of a squared residual in transformed space, ``[B, C]``: the
+        mean over time of :meth:`cell_attribution`."""
+        return self.cell_attribution(window, residual).mean(dim=2)
 
-        For ``sequence`` and ``distance-plot`` each input channel owns its own plane, so the
-        share is that plane's mean.  The multivariate plot mixes channels in every pixel:
-        each pixel's residual is split among channels in proportion to their squared part
-        of that pixel's distance, which keeps the sum over channels equal to the mean
-        residual.
+    def cell_attribution(self, window: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """A squared residual in transformed space mapped back onto the raw window's channels
+        and time steps, ``[B, C, W]``; its mean over ``(C, W)`` is the residual's mean (for the
+        multivariate plot, whose channels share one plane, its sum over channels and mean over
+        time is).  What lets an alert say *when* as well as *which channel*.
+
+        ``sequence``: the residual itself.  ``distance-plot``: pixel ``(i, j)`` of a channel's
+        plane compares steps ``i`` and ``j``, so step ``i`` gets the mean of row ``i`` (the plot
+        is symmetric: row and column alike); a spike at one step lights up its whole row and
+        column, which every other step shares only once.  The multivariate plot mixes channels
+        in every pixel: each pixel's residual is split among channels in proportion to their
+        squared part of that pixel's distance.  Pooled plots give each of a pooled step's
+        ``pool`` raw steps the pooled step's value.
         """
-        if self.kind != "distance-plot-mv":
-            return residual.flatten(2).mean(dim=2)
-        s = self.normalise(window)
+        if self.kind == "sequence":
+            return residual
+        if self.kind == "distance-plot":
+            cells = residual.mean(dim=3)  # [B, C, W']
+        else:
+            s = self.normalise(window)
+            if self.pool > 1:
+                b, w, c = s.shape
+                s = s.reshape(b, w // self.pool, self.pool, c).mean(dim=2)
+            diff2 = (s.unsqueeze(2) - s.unsqueeze(1)) ** 2  # [B, W', W', C]
+            share = diff2 / (diff2.sum(dim=3, keepdim=True) + 1e-12)
+            cells = (share * residual[:, 0].unsqueeze(3)).mean(dim=2).transpose(1, 2)  # [B, C, W']
         if self.pool > 1:
-            b, w, c = s.shape
-            s = s.reshape(b, w // self.pool, self.pool, c).mean(dim=2)
-        diff2 = (s.unsqueeze(2) - s.unsqueeze(1)) ** 2  # [B, W', W', C]
-        share = diff2 / (diff2.sum(dim=3, keepdim=True) + 1e-12)
-        return (share * residual[:, 0].unsqueeze(3)).mean(dim=(1, 2))
+            cells = cells.unsqueeze(3).expand(-1, -1, -1, self.pool).flatten(2)
+        return cells
