@@ -326,6 +326,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("refine needs PyTorch (latent search): pip install 'stream-detector[train]'") from None
+    import asyncio
+    import signal
+
+    from .refine import EVENTS, RefineSettings, run_refine
+    from .runtime.config import load_config
+
+    cfg = load_config(args.config)
+    events = tuple(e.strip() for e in args.events.split(",") if e.strip())
+    if not events or any(e not in EVENTS for e in events):
+        raise UserError(f"--events {args.events!r}: expected a comma-separated list of {', '.join(EVENTS)}")
+    settings = RefineSettings(restarts=args.restarts, steps=args.steps, topic_refined=args.topic_refined,
+                              events=events, buffer_points=args.buffer_points, wait_seconds=args.wait_seconds)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        return await run_refine(cfg, settings, from_beginning=args.from_beginning, stop=stop)
+
+    print(f"refine: latent search ({args.restarts} x {args.steps}) on the windows of {'/'.join(events)} episodes "
+          f"from {cfg.topic_alerts}, points from {cfg.topic_input}, records to {args.topic_refined}; Ctrl-C to stop",
+          flush=True)
+    print(f"published {asyncio.run(main())} refined records")
+    return 0
+
+
 BENCHES = {
     "paper": "MNIST and UCI HAR protocols of Haloui et al. (AUPRC per class)",
     "telemanom": "per-channel detection on a telemanom-layout folder (SMAP): event F1 and more",
@@ -459,6 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retime", action="store_true", help="send wall-clock timestamps instead of the file's")
     r.add_argument("--limit", type=_positive_int, help="send at most this many points per source")
     r.set_defaults(func=cmd_replay)
+
+    rf = sub.add_parser("refine", help="re-score the windows of alert episodes by latent search (PyTorch) and "
+                        "publish the refined scores")
+    rf.add_argument("--config", help="the worker's YAML config (broker, topics, models, routes)")
+    rf.add_argument("--restarts", type=_positive_int, default=4, help="latent search starts per window (default 4)")
+    rf.add_argument("--steps", type=_non_negative_int, default=50, help="Adam steps per start (default 50)")
+    rf.add_argument("--topic-refined", default="refined", help="topic for the refined records (default refined)")
+    rf.add_argument("--events", default="opened",
+                    help="alert events to refine: opened, closed or both (comma-separated)")
+    rf.add_argument("--buffer-points", type=_positive_int, default=4096, help="points kept per source (default 4096)")
+    rf.add_argument("--wait-seconds", type=float, default=10.0,
+                    help="how long an alert waits for its episode's points to be read (default 10)")
+    rf.add_argument("--from-beginning", action="store_true",
+                    help="a new consumer group reads the topics from their start (default: from their end)")
+    rf.set_defaults(func=cmd_refine)
 
     d = sub.add_parser("demo", help="broker + worker + replay of real SMAP telemetry, with a live view")
     d.add_argument("--seconds", type=float, default=100.0, help="replay duration budget")
