@@ -146,11 +146,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.windows_out:
         with open(args.windows_out, "w", newline="") as f:
             w = csv.writer(f)
+            peaks = "peak_index" in result  # the window's peak cell: point index and channel (root cause)
             w.writerow(["start", "end", "score", "is_anomaly"] + [f"channel:{c}" for c in scorer.channels]
-                       + (["encoder_score"] if refined else []))
+                       + (["peak_index", "peak_channel"] if peaks else []) + (["encoder_score"] if refined else []))
             for k, (s, sc, cs) in enumerate(zip(result["starts"], result["scores"], result["channel_scores"])):
                 w.writerow([int(s), int(s) + scorer.window - 1, f"{sc:.7g}", int(sc >= scorer.threshold)]
-                           + [f"{v:.6g}" for v in cs] + ([f"{result['encoder_scores'][k]:.7g}"] if refined else []))
+                           + [f"{v:.6g}" for v in cs]
+                           + ([int(result["peak_index"][k]), scorer.channels[int(result["peak_channel"][k])]]
+                              if peaks else [])
+                           + ([f"{result['encoder_scores'][k]:.7g}"] if refined else []))
     n_anom = int(np.sum(points >= scorer.threshold))
     print(f"scored {len(points)} points ({len(result['starts'])} windows, provider {scorer.provider}"
           f"{', latent search' if refined else ''}): {n_anom} points above threshold {scorer.threshold:.5g}; "

@@ -52,6 +52,12 @@ def test_train_level_weight_goes_into_the_card_and_a_negative_one_is_refused(tra
         "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["score"]["level_weight"] == 0.5 and "level_weight" in card["score"]["formula"]
+    run("train", "--data", trained / "train.csv", "--window", 16, "--stride", 4, "--out", tmp_path / "c",
+        "--score", "combined", "--iterations", 5, "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
+    score = json.loads((tmp_path / "c" / "model.json").read_text())["score"]
+    assert score["kind"] == "combined" and score["critic_scale"] > 0 and "-D(x)" in score["formula"]
+    proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--score", "median", ok=False)
+    assert proc.returncode != 0 and "invalid choice: 'median'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--level-weight", -1, ok=False)
     assert proc.returncode != 0 and "--level-weight must be 0 or more" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -69,6 +75,8 @@ def test_score_and_evaluate(trained):
     assert len(rows) == 600 and rows[0]["score"] == "" and rows[15]["score"] != ""  # first window ends at 15
     windows = list(csv.DictReader(open(trained / "windows.csv")))
     assert len(windows) == (600 - 16) // 4 + 1
+    inside = [w for w in windows if 300 <= int(w["start"]) and int(w["end"]) <= 339]
+    assert inside and all(w["peak_channel"] == "a" and 300 <= int(w["peak_index"]) <= 339 for w in inside)
     proc = run("evaluate", "--model", trained / "model", "--data", trained / "test.csv", "--label-column", "label",
                "--out", trained / "report")
     report = json.loads((trained / "report" / "report.json").read_text())

@@ -202,3 +202,23 @@ def test_push_point_is_push_batch_for_one_point(max_gap):
         with pytest.raises(InvalidMessage) as e2:
             b.push_batch(np.array([bad]), vals[:1])
         assert e.value.reason == e2.value.reason == "bad_value" and a.state() == b.state()
+
+
+def test_batches_carry_every_points_timestamp():
+    """``WindowBatch.ts`` holds each window's own timestamps, whichever path made the window
+    (a batch, single points, a batch across a gap), so a peak step maps to its exact time."""
+    ts = np.cumsum(np.random.default_rng(1).uniform(0.5, 1.5, 40))
+    ts[25:] += 100.0  # a gap: the buffer resets
+    values = np.arange(40, dtype=np.float32)[:, None]
+    for chunks in ([40], [1] * 40, [7, 13, 20]):
+        sw = SourceWindows(window=5, stride=3, n_channels=1, max_gap_seconds=10.0)
+        got, i = [], 0
+        for n in chunks:
+            got.append(sw.push_batch(ts[i:i + n], values[i:i + n]))
+            i += n
+        batch = WindowBatch(*(np.concatenate(x) for x in zip(*got)))
+        assert len(batch) > 4
+        first = batch.values[:, :, 0].astype(int)  # the values are the point indices
+        np.testing.assert_array_equal(batch.ts, ts[first])
+        np.testing.assert_array_equal(batch.ts[:, 0], batch.start_ts)
+        np.testing.assert_array_equal(batch.ts[:, -1], batch.end_ts)

@@ -58,12 +58,14 @@ from .codec import InvalidMessage, PointDecoder
 from .config import WorkerConfig
 from .publishing import Outgoing, batch_score_record, dead_letter, decode_record, encode_record, score_record
 from .repository import ModelRepository, ModelVersion, Route, Routes
-from .scoring import Scorer
+from .scoring import Peaks, Scorer
 from .windowing import SourceWindows, channels_fingerprint
 
 log = logging.getLogger(__name__)
 
 STATIC_METHODS = ("quantile", "pot")
+#: one group's scores: window scores, channel scores, peak cells (None: the graph has no cell_scores)
+Scored = tuple[np.ndarray, np.ndarray, Peaks | None]
 
 
 @dataclass
@@ -110,9 +112,19 @@ class Group:
     start_ts: list[np.ndarray] = field(default_factory=list)
     end_ts: list[np.ndarray] = field(default_factory=list)
     windows: list[np.ndarray] = field(default_factory=list)
+    ts: list[np.ndarray] = field(default_factory=list)  # every point's timestamp, [n, W] per part
 
     def stacked(self) -> np.ndarray:
         return np.concatenate(self.windows)
+
+    def peak_rows(self, peaks: Peaks | None) -> np.ndarray:
+        """Each window's peak cell as ``[n, 3]`` float64 rows (timestamp, channel index, cell
+        value); NaN rows for a graph without ``cell_scores``."""
+        n = sum(len(t) for t in self.start_ts)
+        if peaks is None:
+            return np.full((n, 3), np.nan)
+        ts = np.concatenate(self.ts)
+        return np.column_stack([ts[np.arange(n), peaks.step], peaks.channel, peaks.value]).astype(np.float64)
 
 
 @dataclass
@@ -126,6 +138,7 @@ class Decided:
     end_ts: np.ndarray
     scores: np.ndarray
     channel_scores: np.ndarray
+    peaks: np.ndarray  # [n, 3]: peak cell's timestamp, channel index, value (Group.peak_rows)
     flags: np.ndarray | None  # None: the static threshold decides (with hysteresis) in the tracker
     thresholds: np.ndarray
     channels: tuple[str, ...]
@@ -173,27 +186,30 @@ class Pending:
         self.end_ts = np.zeros(0, np.float64)
         self.scores = np.zeros(0, np.float32)
         self.channel_scores = np.zeros((0, n_channels), np.float32)
+        self.peaks = np.zeros((0, 3), np.float64)
 
     def __len__(self) -> int:
         return len(self.scores)
 
-    def append(self, version: int, start, end, scores, channel_scores) -> None:
+    def append(self, version: int, start, end, scores, channel_scores, peaks) -> None:
         self.versions = np.concatenate([self.versions, np.full(len(scores), version, np.int32)])
         self.start_ts = np.concatenate([self.start_ts, start])
         self.end_ts = np.concatenate([self.end_ts, end])
         self.scores = np.concatenate([self.scores, np.asarray(scores, np.float32)])
         self.channel_scores = np.concatenate([self.channel_scores, np.asarray(channel_scores, np.float32)])
+        self.peaks = np.concatenate([self.peaks, np.asarray(peaks, np.float64)])
 
     def pop(self, k: int) -> tuple[np.ndarray, ...]:
-        out = (self.versions[:k], self.start_ts[:k], self.end_ts[:k], self.scores[:k], self.channel_scores[:k])
+        out = (self.versions[:k], self.start_ts[:k], self.end_ts[:k], self.scores[:k], self.channel_scores[:k],
+               self.peaks[:k])
         self.versions, self.start_ts, self.end_ts = self.versions[k:], self.start_ts[k:], self.end_ts[k:]
-        self.scores, self.channel_scores = self.scores[k:], self.channel_scores[k:]
+        self.scores, self.channel_scores, self.peaks = self.scores[k:], self.channel_scores[k:], self.peaks[k:]
         return out
 
     def state(self) -> dict:
         return {"n": len(self), "c": int(self.channel_scores.shape[1]), "v": self.versions.tobytes(),
                 "s": self.start_ts.tobytes(), "e": self.end_ts.tobytes(), "x": self.scores.tobytes(),
-                "cs": self.channel_scores.tobytes()}
+                "cs": self.channel_scores.tobytes(), "pk": self.peaks.tobytes()}
 
     @classmethod
     def from_state(cls, st: dict, n_channels: int) -> Pending:
@@ -204,6 +220,9 @@ class Pending:
             p.end_ts = np.frombuffer(st["e"], np.float64).copy()
             p.scores = np.frombuffer(st["x"], np.float32).copy()
             p.channel_scores = np.frombuffer(st["cs"], np.float32).reshape(-1, n_channels).copy()
+            # states written before peaks were kept have none: NaN (unknown), never made up
+            p.peaks = (np.frombuffer(st["pk"], np.float64).reshape(-1, 3).copy() if "pk" in st
+                       else np.full((len(p.scores), 3), np.nan))
         return p
 
 
@@ -473,6 +492,7 @@ class Detector:
                 g.start_ts.append(batch.start_ts)
                 g.end_ts.append(batch.end_ts)
                 g.windows.append(batch.values)
+                g.ts.append(batch.ts)
                 n_windows += len(batch)
                 if n_windows >= cap:
                     flush_counts()
@@ -482,26 +502,28 @@ class Detector:
         yield prepared
 
     # -- step 2 ------------------------------------------------------------------------------
-    def score(self, prepared: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def score(self, prepared: Prepared) -> dict[str, Scored]:
         """Scores of all prepared windows per group, ``batch_max_windows`` per ONNX Runtime call."""
         return {key: g.served.scorer.score_batches(g.stacked(), self.cfg.batch_max_windows, g.served.observe_call)
                 for key, g in prepared.groups.items()}
 
     # -- step 3 ------------------------------------------------------------------------------
     def _decided(self, source: str, st: Source, k: int, flags: np.ndarray, thresholds: np.ndarray) -> Decided:
-        versions, start, end, scores, chs = st.pending.pop(k)
+        versions, start, end, scores, chs, peaks = st.pending.pop(k)
         extra = {}
         lik = getattr(st.threshold, "last_likelihoods", None)
         if lik is not None and len(lik) == k:
             extra["likelihood"] = np.asarray(lik)
-        return Decided(source, st.served.name, versions, start, end, scores, chs, flags, thresholds, st.channels, extra)
+        return Decided(source, st.served.name, versions, start, end, scores, chs, peaks, flags, thresholds,
+                       st.channels, extra)
 
-    def decide(self, prepared: Prepared, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Decided]:
+    def decide(self, prepared: Prepared, scored: dict[str, Scored]) -> list[Decided]:
         """Feed each source's new window scores to its threshold procedure, in order; returns the
         windows decided now (some of them may have been scored in earlier steps)."""
         out = list(prepared.flushed)
         for key, g in prepared.groups.items():
-            scores, channel_scores = scored[key]
+            scores, channel_scores, peaks = scored[key]
+            peaks = g.peak_rows(peaks)
             starts, ends = np.concatenate(g.start_ts), np.concatenate(g.end_ts)
             by_source: dict[str, list[int]] = {}
             for i, s in enumerate(g.sources):
@@ -512,16 +534,16 @@ class Detector:
                 if st.static:  # decided now, with hysteresis, by the episode tracker
                     thr = np.full(len(ix), st.spec["value"])
                     out.append(Decided(source, g.served.name, np.full(len(ix), g.served.version, np.int32),
-                                       starts[ix], ends[ix], scores[ix], channel_scores[ix], None, thr,
+                                       starts[ix], ends[ix], scores[ix], channel_scores[ix], peaks[ix], None, thr,
                                        st.channels))
                     continue
-                st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix])
+                st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix], peaks[ix])
                 flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
                 if len(flags):
                     out.append(self._decided(source, st, len(flags), flags, thresholds))
         return out
 
-    def finish(self, prepared: Prepared, scored: dict[str, tuple[np.ndarray, np.ndarray]],
+    def finish(self, prepared: Prepared, scored: dict[str, Scored],
                keep_dicts: bool = False) -> Outgoing:
         """Score records, alert events and dead letters of one part (no state: see :meth:`states`)."""
         out = Outgoing(dead_letters=prepared.dead_letters)
@@ -543,7 +565,7 @@ class Detector:
             key = d.source.encode()
             if self.batch_records and len(d.scores):
                 record = batch_score_record(d.source, d.served_name, d.versions, d.start_ts, d.end_ts, d.scores,
-                                            d.thresholds, d.flags, channels, d.channel_scores, d.extra)
+                                            d.thresholds, d.flags, channels, d.channel_scores, d.extra, d.peaks)
                 out.scores.append((key, encode_record(record, self.fmt)))
             for i in range(len(d.scores)):
                 score, thr = float(d.scores[i]), float(d.thresholds[i])
@@ -554,7 +576,8 @@ class Detector:
                 if keep_dicts or not self.batch_records:
                     record = score_record(d.source, d.start_ts[i], d.end_ts[i], score, thr, anomalous, channels,
                                           d.channel_scores[i], d.served_name, d.versions[i],
-                                          {name: float(values[i]) for name, values in d.extra.items()} if d.extra else None)
+                                          {name: float(values[i]) for name, values in d.extra.items()} if d.extra else None,
+                                          d.peaks[i])
                     if not self.batch_records:
                         out.scores.append((key, encode_record(record, self.fmt)))
                     if keep_dicts:
@@ -566,7 +589,7 @@ class Detector:
                 if tracker is not None:
                     flag = None if d.flags is None else bool(anomalous)
                     for event in tracker.update(d.source, d.start_ts[i], d.end_ts[i], score, d.channel_scores[i],
-                                                flag=flag, threshold=thr):
+                                                flag=flag, threshold=thr, peak=d.peaks[i]):
                         alert(key, event)
             if d.close_reason and tracker is not None and tracker.is_open:
                 alert(key, tracker.close(d.source, d.close_reason))

@@ -5,7 +5,8 @@ scores have stayed below the lower release level for ``quiet_seconds`` (0: at th
 such window).  Two levels keep an episode from flapping when the score hovers around the
 threshold.  The closing event carries the span, the peak score and the channels whose
 residuals contributed most over the episode: the first thing an operator asks is *what*
-is wrong.
+is wrong.  For graphs with ``cell_scores`` both events also carry the episode's top
+(channel, time) cells, the highest of its windows' peak cells: *where and when*.
 
 Episode ids are derived from the source and the first window's end timestamp, so a
 window replayed after a worker restart re-creates the same id instead of a second alert.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .publishing import AlertEvent, TopChannel, alert_event
+from .publishing import AlertEvent, TopCell, TopChannel, alert_event
 
 
 def static_rule(score: float, threshold: float, release: float) -> tuple[bool, bool]:
@@ -63,13 +64,37 @@ class EpisodeTracker:
         total = float(sums.sum()) or 1.0
         return [{"channel": self.channels[i], "share": round(float(sums[i]) / total, 4)} for i in order]
 
+    def _cells(self) -> list[TopCell]:
+        return [{"channel": self.channels[int(c)], "ts": float(t), "score": round(float(v), 6)}
+                for t, c, v in self.state.get("cells", [])]
+
+    def _add_cell(self, peak) -> None:
+        """Keep the ``top_k`` highest peak cells of the episode, one entry per (channel, time):
+        overlapping windows see the same point, each with its own value; the highest counts."""
+        if peak is None or not np.isfinite(peak[0]):
+            return
+        t, c, v = float(peak[0]), int(peak[1]), float(peak[2])
+        cells = self.state.setdefault("cells", [])
+        for cell in cells:
+            if cell[0] == t and cell[1] == c:
+                cell[2] = max(cell[2], v)
+                break
+        else:
+            cells.append([t, c, v])
+        cells.sort(key=lambda cell: -cell[2])
+        del cells[self.top_k:]
+
     def _event(self, kind: str, source: str) -> AlertEvent:
-        return alert_event(kind, source, self.state, self.state.get("threshold", self.threshold), self._top())
+        return alert_event(kind, source, self.state, self.state.get("threshold", self.threshold), self._top(),
+                           self._cells())
 
     def update(self, source: str, start_ts: float, end_ts: float, score: float,
-               channel_scores: np.ndarray, flag: bool | None = None, threshold: float | None = None
-               ) -> list[AlertEvent]:
+               channel_scores: np.ndarray, flag: bool | None = None, threshold: float | None = None,
+               peak=None) -> list[AlertEvent]:
         """Feed one scored window; returns the alert events (``opened`` / ``closed``) it causes.
+
+        ``peak``: the window's peak cell as (timestamp, channel index, value); None or NaN
+        when the graph has no ``cell_scores``.
 
         ``flag`` None: the static rule (open at ``threshold``, hold while at or above ``release``).
         ``flag`` True/False: an adaptive procedure has decided the window (it opens and holds an
@@ -85,7 +110,9 @@ class EpisodeTracker:
             if opens:
                 s.update(open=True, id=f"{source}@{end_ts:.6f}", start=float(start_ts), end=float(end_ts),
                          peak=float(score), windows=1, channel_sum=[float(v) for v in channel_scores],
-                         below_since=None, threshold=float(self.threshold if threshold is None else threshold))
+                         below_since=None, threshold=float(self.threshold if threshold is None else threshold),
+                         cells=[])
+                self._add_cell(peak)
                 events.append(self._event("opened", source))
             return events
         if holds:
@@ -94,6 +121,7 @@ class EpisodeTracker:
             s["peak"] = max(s["peak"], float(score))
             s["windows"] += 1
             s["channel_sum"] = [a + float(b) for a, b in zip(s["channel_sum"], channel_scores)]
+            self._add_cell(peak)
             return events
         if s.get("below_since") is None:
             s["below_since"] = float(end_ts)

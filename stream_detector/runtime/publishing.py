@@ -45,6 +45,8 @@ class ScoreRecord(TypedDict, total=False):
     channel_scores: dict[str, float]
     model: str
     model_version: str
+    peak_ts: float  # timestamp of the window's point the model found least normal
+    peak_channel: str  # and its channel (both absent for a graph without cell_scores)
 
 
 class BatchScoreRecord(TypedDict, total=False):
@@ -62,11 +64,21 @@ class BatchScoreRecord(TypedDict, total=False):
     is_anomaly: list[bool]
     channel_scores: dict[str, list[float]]
     model_version: list[str]
+    peak_ts: list[float]
+    peak_channel: list[str]
 
 
 class TopChannel(TypedDict):
     channel: str
     share: float  # of the summed channel scores over the episode
+
+
+class TopCell(TypedDict):
+    """One (channel, time) cell of an episode: a window's peak cell, the highest first."""
+
+    channel: str
+    ts: float
+    score: float  # the cell's value in cell_scores
 
 
 class AlertEvent(TypedDict, total=False):
@@ -82,6 +94,7 @@ class AlertEvent(TypedDict, total=False):
     threshold: float
     windows: int
     top_channels: list[TopChannel]
+    top_cells: list[TopCell]  # where and when (absent for a graph without cell_scores)
     reason: str
     silent_seconds: float
 
@@ -101,20 +114,23 @@ class DeadLetter(TypedDict):
 # -- builders ----------------------------------------------------------------------------------
 def score_record(source: str, start: float, end: float, score: float, threshold: float, is_anomaly: bool,
                  channels: Sequence[str], channel_scores: Sequence[float], model: str, version: int,
-                 extra: Mapping[str, float] | None = None) -> ScoreRecord:
+                 extra: Mapping[str, float] | None = None, peak: Sequence[float] | None = None) -> ScoreRecord:
+    """``peak``: the window's peak cell as (timestamp, channel index, value), NaN when unknown."""
     record: ScoreRecord = {"source": source, "start": float(start), "end": float(end), "score": float(score),
                            "threshold": threshold if math.isfinite(threshold) else None,
                            "is_anomaly": bool(is_anomaly),
                            "channel_scores": dict(zip(channels, map(float, channel_scores))),
                            "model": model, "model_version": str(int(version))}
+    if peak is not None and math.isfinite(peak[0]):
+        record.update(peak_ts=float(peak[0]), peak_channel=channels[int(peak[1])])
     if extra:
         record.update(extra)  # type: ignore[typeddict-item]
     return record
 
 
 def batch_score_record(source: str, model: str, versions, start, end, scores, thresholds, flags,
-                       channels: Sequence[str], channel_scores, extra: Mapping[str, Any] | None = None
-                       ) -> BatchScoreRecord:
+                       channels: Sequence[str], channel_scores, extra: Mapping[str, Any] | None = None,
+                       peaks: np.ndarray | None = None) -> BatchScoreRecord:
     """``flags`` None: a window is anomalous when its score reaches its threshold (the static
     rule); else the adaptive procedure's decisions.  :func:`score_windows` gives back exactly
     the :func:`score_record` of each window."""
@@ -129,17 +145,23 @@ def batch_score_record(source: str, model: str, versions, start, end, scores, th
         "is_anomaly": anomalous.tolist(),
         "channel_scores": {c: channel_scores[:, j].astype(np.float64).tolist() for j, c in enumerate(channels)},
         "model_version": [str(v) for v in np.asarray(versions, np.int64).tolist()]}
+    if peaks is not None and len(peaks) and np.isfinite(peaks[:, 0]).all():
+        record["peak_ts"] = peaks[:, 0].tolist()
+        record["peak_channel"] = [channels[int(c)] for c in peaks[:, 1]]
     for name, values in (extra or {}).items():
         record[name] = np.asarray(values, np.float64).tolist()  # type: ignore[literal-required]
     return record
 
 
 def alert_event(kind: str, source: str, episode: Mapping[str, Any], threshold: float,
-                top_channels: list[TopChannel]) -> AlertEvent:
+                top_channels: list[TopChannel], top_cells: list[TopCell] | None = None) -> AlertEvent:
     """``episode``: the tracker's state of the open episode (id, start, end, peak, windows)."""
-    return {"event": kind, "source": source, "episode_id": episode["id"], "start": episode["start"],
-            "end": episode["end"], "peak_score": episode["peak"], "threshold": threshold,
-            "windows": episode["windows"], "top_channels": top_channels}
+    event: AlertEvent = {"event": kind, "source": source, "episode_id": episode["id"], "start": episode["start"],
+                         "end": episode["end"], "peak_score": episode["peak"], "threshold": threshold,
+                         "windows": episode["windows"], "top_channels": top_channels}
+    if top_cells:
+        event["top_cells"] = top_cells
+    return event
 
 
 def dead_letter(raw: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int,

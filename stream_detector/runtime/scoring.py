@@ -2,7 +2,10 @@
 
 One :class:`Scorer` per model directory.  The graph takes raw windows ``[batch, W, C]``
 in the source's units and returns ``score [batch]`` and ``channel_scores [batch, C]``;
-normalisation and the transform are inside it.  The provider is CUDA when an NVIDIA GPU
+normalisation and the transform are inside it.  Graphs exported since ``cell_scores
+[batch, C, W]`` exists (the residual mapped back to channels and time steps) also give each
+window's peak cell (:class:`Peaks`): which channel, at which step, the model found least
+normal.  The provider is CUDA when an NVIDIA GPU
 is visible and the CUDA libraries load, else CPU; the active one is in ``.provider``.
 
 Offline helpers turn a whole series into windows and window scores into point scores.
@@ -18,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +43,31 @@ def choose_providers(prefer: list[str] | None = None) -> list[str]:
     wanted = prefer or (["CUDAExecutionProvider", "CPUExecutionProvider"] if _gpu_visible() else ["CPUExecutionProvider"])
     chosen = [p for p in wanted if p in available]
     return chosen or ["CPUExecutionProvider"]
+
+
+class Peaks(NamedTuple):
+    """Each window's peak cell of ``cell_scores``: its time ``step`` inside the window (0 is the
+    first point), its ``channel`` index and its ``value``."""
+
+    step: np.ndarray  # int32 [B]
+    channel: np.ndarray  # int32 [B]
+    value: np.ndarray  # float32 [B]
+
+    @classmethod
+    def of(cls, cells: np.ndarray) -> Peaks:
+        """The peaks of ``cell_scores`` ``[B, C, W]`` (the first one on ties)."""
+        b, _, w = cells.shape
+        flat = cells.reshape(b, -1).argmax(axis=1)
+        value = cells.reshape(b, -1)[np.arange(b), flat]
+        return cls((flat % w).astype(np.int32), (flat // w).astype(np.int32), value.astype(np.float32))
+
+    @classmethod
+    def empty(cls, n: int) -> Peaks:
+        return cls(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32))
+
+    def take(self, ix) -> Peaks:
+        """The peaks of the windows ``ix`` selects (an index array or a slice)."""
+        return Peaks(self.step[ix], self.channel[ix], self.value[ix])
 
 
 class Scorer:
@@ -79,6 +108,8 @@ class Scorer:
             raise ModelLoadError(f"{self.model_dir}: ONNX Runtime cannot load model.onnx ({e})") from None
         self.provider: str = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        #: whether the graph has ``cell_scores`` (exported since root cause in time exists)
+        self.has_cells: bool = "cell_scores" in self.output_names
         meta = self.session.get_modelmeta().custom_metadata_map
         #: ``sequence-conv2d-v1`` for a graph re-expressed by onnx_graph.py, else ``plain``
         self.graph_form: str = meta.get("stream_detector.graph_form", "plain")
@@ -92,20 +123,37 @@ class Scorer:
         score, channel_scores = self.session.run(["score", "channel_scores"], {"window": windows})
         return score, channel_scores
 
+    def score_peaks(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, Peaks | None]:
+        """:meth:`score` and each window's :class:`Peaks` (None for a graph without ``cell_scores``),
+        one ORT call."""
+        if not self.has_cells:
+            return (*self.score(windows), None)
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
+            raise ValueError(f"expected windows [batch, {self.window}, {len(self.channels)}], got {list(windows.shape)}")
+        score, channel_scores, cells = self.session.run(["score", "channel_scores", "cell_scores"],
+                                                        {"window": windows})
+        return score, channel_scores, Peaks.of(cells)
+
     def score_batches(self, windows: np.ndarray, max_batch: int,
-                      observe: Callable[[int, float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`score` for any number of windows, at most ``max_batch`` per ONNX Runtime call
-        (a bounded call keeps memory and the latency of one call bounded; the worker's
+                      observe: Callable[[int, float], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, Peaks | None]:
+        """:meth:`score_peaks` for any number of windows, at most ``max_batch`` per ONNX Runtime
+        call (a bounded call keeps memory and the latency of one call bounded; the worker's
         ``batch_max_windows``).  ``observe(batch_size, seconds)`` is told about each call."""
         n = len(windows)
         scores = np.empty(n, np.float32)
         channel_scores = np.empty((n, len(self.channels)), np.float32)
+        peaks = Peaks.empty(n) if self.has_cells else None
         for i in range(0, n, max_batch):
             started = time.perf_counter()
-            scores[i:i + max_batch], channel_scores[i:i + max_batch] = self.score(windows[i:i + max_batch])
+            j = slice(i, i + max_batch)
+            scores[j], channel_scores[j], p = self.score_peaks(windows[j])
+            if peaks is not None:
+                peaks.step[j], peaks.channel[j], peaks.value[j] = p
             if observe is not None:
                 observe(min(max_batch, n - i), time.perf_counter() - started)
-        return scores, channel_scores
+        return scores, channel_scores, peaks
 
     def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph (score, channel_scores, transformed input, reconstruction)."""
@@ -127,12 +175,17 @@ def sliding_windows(values: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def score_series(scorer: Scorer, values: np.ndarray, stride: int | None = None, batch_size: int = 256) -> dict:
-    """Score every complete window of a series ``[T, C]``; returns starts, scores, channel scores."""
+    """Score every complete window of a series ``[T, C]``; returns starts, scores, channel scores
+    and, for graphs with ``cell_scores``, each window's peak as a point index of the series
+    (``peak_index``) and a channel index (``peak_channel``)."""
     stride = stride or scorer.stride
     starts = window_starts(len(values), scorer.window, stride)
     windows = sliding_windows(np.asarray(values, dtype=np.float32), scorer.window, stride)
-    scores, channel_scores = scorer.score_batches(windows, batch_size)
-    return {"starts": starts, "scores": scores, "channel_scores": channel_scores}
+    scores, channel_scores, peaks = scorer.score_batches(windows, batch_size)
+    out = {"starts": starts, "scores": scores, "channel_scores": channel_scores}
+    if peaks is not None:
+        out.update(peak_index=starts + peaks.step, peak_channel=peaks.channel)
+    return out
 
 
 def point_scores(n_points: int, starts: np.ndarray, window: int, window_scores: np.ndarray) -> np.ndarray:

@@ -52,11 +52,14 @@ _EMPTY: dict[tuple[int, int], "WindowBatch"] = {}
 
 
 class WindowBatch(NamedTuple):
-    """All windows from one push, stacked: ``start_ts``/``end_ts`` ``[B]``, ``values`` ``[B, W, C]``."""
+    """All windows from one push, stacked: ``start_ts``/``end_ts`` ``[B]``, ``values`` ``[B, W, C]``
+    and every point's timestamp ``ts`` ``[B, W]`` (to say *when* inside a window the model saw
+    the anomaly: the graph's ``cell_scores`` are per time step)."""
 
     start_ts: np.ndarray
     end_ts: np.ndarray
     values: np.ndarray
+    ts: np.ndarray
 
     def __len__(self) -> int:
         return int(self.start_ts.shape[0])
@@ -192,7 +195,9 @@ class SourceWindows:
             e.flags.writeable = False
             v = np.empty((0, self.window, self.n_channels), dtype=np.float32)
             v.flags.writeable = False
-            batch = _EMPTY[key] = WindowBatch(e, e, v)
+            t = np.empty((0, self.window), dtype=np.float64)
+            t.flags.writeable = False
+            batch = _EMPTY[key] = WindowBatch(e, e, v, t)
         return batch
 
     def _reset(self) -> None:
@@ -215,7 +220,7 @@ class SourceWindows:
             return self._empty()
         self._need = self.stride
         wts, wvals = self._ordered(self.window)
-        return WindowBatch(wts[:1], wts[-1:], wvals[None])
+        return WindowBatch(wts[:1], wts[-1:], wvals[None], wts[None])
 
     def _push_segment(self, ts: np.ndarray, values: np.ndarray) -> WindowBatch:
         """Add a gap-free run of ``m`` points; gather all windows ending inside it at once."""
@@ -228,7 +233,8 @@ class SourceWindows:
             all_vals = np.concatenate([buf_vals, values])
             ends = np.arange(k + self._need - 1, k + m, S)
             starts = ends - (W - 1)  # >= 0: the ring holds every point a pending window needs
-            out = WindowBatch(all_ts[starts], all_ts[ends], all_vals[starts[:, None] + np.arange(W)])
+            cells = starts[:, None] + np.arange(W)
+            out = WindowBatch(all_ts[starts], all_ts[ends], all_vals[cells], all_ts[cells])
             self._need = S - (k + m - 1 - int(ends[-1]))
         else:
             self._need -= m
