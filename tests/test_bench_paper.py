@@ -124,6 +124,15 @@ def test_mnist_protocol_end_to_end(data_dir, tmp_path, captured):
     assert s["paper_mean_auprc"] == pytest.approx((0.51 + 0.57) / 2) and s["digits"] == 2
     md = (tmp_path / "m.md").read_text()
     assert "| 1 |" in md and "| 7 |" in md and "**mean**" in md
+    # the three score kinds of the same networks: fanogan is the benchmark's own score
+    for r in out["results"]:
+        kinds = r["score_kinds"]
+        assert set(kinds) == {"fanogan", "critic", "combined"}
+        assert kinds["fanogan"]["auprc"] == pytest.approx(r["auprc"], abs=1e-6)
+        assert kinds["critic"]["auprc"] != kinds["fanogan"]["auprc"]
+        assert all(0.0 <= k[m] <= 1.0 for k in kinds.values() for m in ("auprc", "roc_auc", "log_auc"))
+    assert set(s["score_kinds"]) == {"fanogan", "critic", "combined"}
+    assert "critic logAUC" in md and "combined AUPRC" in md
 
 
 def test_har_protocol_both_transforms_via_cli(data_dir, tmp_path, captured):

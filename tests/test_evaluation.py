@@ -1,5 +1,7 @@
 """Metrics against hand-counted cases and scikit-learn; plots are written as real PNGs."""
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -86,3 +88,21 @@ def test_plots_write_pngs(tmp_path):
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_log_auc_is_research_document_003s():
+    """A threshold with no false positive counts as 0.5 / N_neg: a perfect ranking scores 1, a
+    ranking whose top sample is a negative scores less, and the figure depends on the ranking
+    only."""
+    labels = np.array([0] * 1000 + [1] * 10, bool)
+    perfect = np.r_[np.zeros(1000), np.ones(10)]
+    assert m.log_auc(labels, perfect) == pytest.approx(1.0)
+    one_negative_on_top = perfect.copy()
+    one_negative_on_top[0] = 2.0
+    # the first positive now comes at fpr 1/1000 instead of 0.5/1000: one step of log10(2) lost
+    expected = 1 - math.log10(2) / math.log10(2000)
+    assert m.log_auc(labels, one_negative_on_top) == pytest.approx(expected, rel=1e-6)
+    assert m.log_auc(labels, np.exp(perfect)) == m.log_auc(labels, perfect)
+    rng = np.random.default_rng(0)
+    random = np.mean([m.log_auc(labels, rng.normal(size=1010)) for _ in range(20)])
+    assert random == pytest.approx(1 / (math.log(10) * math.log10(2000)), abs=0.05)

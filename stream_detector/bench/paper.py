@@ -213,6 +213,34 @@ def _score(x, nets, batch: int = 1024) -> np.ndarray:
                                          nets.config.kappa)[0] for i in range(0, len(x), batch)]).numpy()
 
 
+def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) -> dict:
+    """The same trained networks scored each way of :data:`~stream_detector.training.export.SCORE_KINDS`
+    (fanogan, critic, combined standardised on the training samples, as ``train --score`` does),
+    on transformed inputs (no level term): AUPRC, ROC-AUC and logAUC (research document 003's)
+    per kind."""
+    import torch
+
+    from ..training.evaluation import log_auc
+    from ..training.export import SCORE_KINDS, combine, critic_standardisation, score_parts
+
+    def parts(x):
+        with torch.no_grad():
+            got = [score_parts(x[i:i + batch], nets.encoder, nets.generator, nets.critic, nets.config.kappa)
+                   for i in range(0, len(x), batch)]
+        return type(got[0])(*(torch.cat([g[k] for g in got]) for k in range(4)))
+
+    auprc, roc_auc, _ = metric_functions()
+    on_test = parts(x_test)
+    standard = critic_standardisation(*parts(x_train)[:2])
+    out = {}
+    for kind in SCORE_KINDS:
+        scores = combine(kind, on_test, **standard).numpy().astype(np.float64)
+        ok = np.isfinite(scores)
+        out[kind] = {"auprc": float(auprc(labels[ok], scores[ok])), "roc_auc": float(roc_auc(labels[ok], scores[ok])),
+                     "log_auc": log_auc(labels[ok], scores[ok]), "non_finite": int((~ok).sum())}
+    return out
+
+
 def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, flops_example=None,
                    score_fn=None, ablations=None) -> dict:
     """Train on ``x_train`` (transformed), score ``x_test`` (or ``score_fn(nets)``: e.g. the
@@ -228,6 +256,7 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
     started = time.monotonic()
     scores = _score(x_test, nets) if score_fn is None else score_fn(nets)
     score_seconds = time.monotonic() - started
+    kinds = score_kinds(nets, x_train, x_test, labels)
     extra = {}
     for name, fn in (ablations or {}).items():
         alt = fn(nets)
@@ -258,6 +287,7 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
         "config": config_dict(nets.config),
         "mean_score_normal": float(scores[labels == 0].mean()),
         "mean_score_anomalous": float(scores[labels == 1].mean()),
+        "score_kinds": kinds,
         **({"ablations": extra} if extra else {}),
     }
 
@@ -379,9 +409,34 @@ def _config(base: dict, overrides: dict, seed: int, max_seconds: float | None) -
 
 
 def _summary(rows: list[dict]) -> dict:
-    return {"mean_auprc": float(np.mean([r["auprc"] for r in rows])),
-            "mean_roc_auc": float(np.mean([r["roc_auc"] for r in rows])),
-            "train_seconds_total": round(float(sum(r["train_seconds"] for r in rows)), 1)}
+    out = {"mean_auprc": float(np.mean([r["auprc"] for r in rows])),
+           "mean_roc_auc": float(np.mean([r["roc_auc"] for r in rows])),
+           "train_seconds_total": round(float(sum(r["train_seconds"] for r in rows)), 1)}
+    if all("score_kinds" in r for r in rows):
+        out["score_kinds"] = {kind: {m: float(np.mean([r["score_kinds"][kind][m] for r in rows]))
+                                     for m in ("auprc", "roc_auc", "log_auc")} for kind in rows[0]["score_kinds"]}
+    return out
+
+
+def _kinds_table(rows: list[dict], what: str) -> list[str]:
+    """The score kinds (issue 11: fanogan, critic, combined) of the same trained networks, side by side."""
+    rows = [r for r in rows if "score_kinds" in r]
+    if not rows:
+        return []
+    kinds = list(rows[0]["score_kinds"])
+    out = ["", f"Score kinds on the same trained networks (transformed inputs, no level term; logAUC as research "
+           f"document 003 defines it, a threshold with no false positive counting as 0.5 / N_neg):", "",
+           f"| {what} | " + " | ".join(f"{k} AUPRC | {k} ROC-AUC | {k} logAUC" for k in kinds) + " |",
+           "|---|" + "---|" * (3 * len(kinds))]
+    for r in rows:
+        name = r["anomaly"] if "transform" not in r else f"{r['anomaly']} / {r['transform']}"
+        out.append(f"| {name} | " + " | ".join(f"{_f(r['score_kinds'][k]['auprc'])} | {_f(r['score_kinds'][k]['roc_auc'])} "
+                                                f"| {_f(r['score_kinds'][k]['log_auc'])}" for k in kinds) + " |")
+    mean = {k: {m: float(np.mean([r["score_kinds"][k][m] for r in rows])) for m in ("auprc", "roc_auc", "log_auc")}
+            for k in kinds}
+    out.append("| **mean** | " + " | ".join(f"**{_f(mean[k]['auprc'])}** | {_f(mean[k]['roc_auc'])} "
+                                            f"| {_f(mean[k]['log_auc'])}" for k in kinds) + " |")
+    return out
 
 
 # ------------------------------------------------------------------ the two benchmarks
@@ -572,6 +627,7 @@ def markdown(results: dict) -> str:
             if found and not results["protocol"].get("validation"):
                 out.append(f"{name} ({note}): " + ", ".join(f"{r['transform']} AUPRC {r['auprc']:.3f}"
                                                             for r in found) + ".")
+    out += _kinds_table(rows, "anomaly" if results["benchmark"].startswith("paper-mnist") else "activity / transform")
     flops = sorted({r["flops_per_sample"] for r in rows})
     cfg = results["config"]
     if "arch" in cfg:

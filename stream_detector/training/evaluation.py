@@ -1,6 +1,6 @@
 """Detection-quality metrics for per-point anomaly scores against labelled ranges.
 
-Threshold-free metrics (ROC-AUC, AUPRC, logAUC, best F1) come from scikit-learn.  The
+Threshold-free metrics (ROC-AUC, AUPRC, logAUC, best F1) come from scikit-learn's curves.  The
 event-level counting follows the Orion benchmark (Alnegheimy et al., TadGAN): predicted and
 labelled anomalies are *segments*; a labelled segment that any predicted segment overlaps
 is one true positive, a labelled segment that none overlaps is one false negative, and a
@@ -35,15 +35,20 @@ def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(skm.average_precision_score(np.asarray(labels, bool), np.asarray(scores, float)))
 
 
-def log_auc(labels: np.ndarray, scores: np.ndarray, min_fpr: float = 1e-3) -> float:
-    """Area under the ROC curve with the false-positive rate on a log axis from ``min_fpr`` to 1,
-    normalised to [0, 1]: rewards detectors that are right at the low false-alarm rates
-    that operators can live with (a random detector scores about 0.14 with ``min_fpr=1e-3``)."""
-    fpr, tpr, _ = skm.roc_curve(np.asarray(labels, bool), np.asarray(scores, float))
-    grid = np.logspace(math.log10(min_fpr), 0.0, 512)
-    tpr_on_grid = np.interp(grid, fpr, tpr)
-    area = np.trapezoid(tpr_on_grid, np.log10(grid)) if hasattr(np, "trapezoid") else np.trapz(tpr_on_grid, np.log10(grid))
-    return float(area / -math.log10(min_fpr))
+def log_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """logAUC as research document 003 (Eide 2018, section 3.2) defines it: the area under the
+    ROC curve with the false-positive rate on a log axis, which weighs the early steepness of
+    the curve (detection at the false-alarm rates operators can live with).  A threshold with no
+    false positive counts as half a false positive, ``0.5 / N_neg``, so that the integral is
+    defined; the area runs from that rate to 1 and is divided by the axis' length, so a perfect
+    ranking scores 1 and a random one about ``1 / (ln 10 * log10(2 N_neg))`` (0.13 for 1,000
+    negatives)."""
+    y = np.asarray(labels, bool)
+    fpr, tpr, _ = skm.roc_curve(y, np.asarray(scores, float))
+    floor = 0.5 / max(1, int((~y).sum()))
+    x = np.log10(np.maximum(fpr, floor))
+    area = np.trapezoid(tpr, x) if hasattr(np, "trapezoid") else np.trapz(tpr, x)
+    return float(area / -math.log10(floor))
 
 
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict:
