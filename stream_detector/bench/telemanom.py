@@ -422,6 +422,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    f"{DEFAULT_CONFIG['iterations']})")
     p.add_argument("--window", type=int)
     p.add_argument("--transform", choices=["sequence", "distance-plot"])
+    p.add_argument("--score", choices=["fanogan", "critic", "combined"],
+                   help="the WGAN model's score kind, as train --score (default fanogan)")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
     p.add_argument("--rescore", metavar="DIR",
@@ -473,7 +475,7 @@ def run(a: argparse.Namespace) -> Report:
         if not (data / need).exists():
             raise UserError(f"{data} is not in the telemanom layout: {need} is missing")
     cfg = dict(DEFAULT_CONFIG)
-    for key in ("max_seconds", "iterations", "window", "transform"):
+    for key in ("max_seconds", "iterations", "window", "transform", "score"):
         if getattr(a, key) is not None:
             cfg[key] = getattr(a, key)
     if a.iterations:

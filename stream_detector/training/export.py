@@ -107,11 +107,11 @@ class ScoringNetwork(nn.Module):
         self.eval()
 
     def score_spec(self) -> dict:
-        """What the card's ``score`` records of the score's kind."""
-        spec = {"kind": self.score_kind}
-        if self.score_kind == "combined":
-            spec.update(critic_mean=self.critic_mean, critic_scale=self.critic_scale)
-        return spec
+        """What the card's ``score`` records of the score's kind: the kind and the critic's
+        standardisation (used by the graph for ``combined``; recorded for every kind, so that
+        ``score + critic_scale * (critic_score - critic_mean)`` gives the combined score of any
+        model from its two outputs)."""
+        return {"kind": self.score_kind, "critic_mean": self.critic_mean, "critic_scale": self.critic_scale}
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)

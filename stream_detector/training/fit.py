@@ -162,12 +162,13 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     wt = WindowTransform(transform, stats, window, plot_size)
     x = _transform_windows(wt, train_windows)
     nets = train(x, cfg, progress=progress, checkpoint_dir=out_dir / "checkpoints")
-    standardise = {}
-    if score_kind == "combined":
-        with torch.no_grad():
-            parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa)
-                     for i in range(0, len(x), 1024)]
-        standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
+    # The critic's standardisation on the training windows, for every kind: the combined score's
+    # constants, and for the others what lets a benchmark form the combined score from the
+    # graph's score and critic_score outputs without retraining.
+    with torch.no_grad():
+        parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa)
+                 for i in range(0, len(x), 1024)]
+    standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
     scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind, **standardise)
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
