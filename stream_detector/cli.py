@@ -370,6 +370,7 @@ BENCHES = {
     "inference": "windows/s of ONNX Runtime vs PyTorch by batch size, against the matmul peak",
     "soak": "10,000 sources for 20 minutes at half the measured maximum: worker RSS, p99 latency and lag over time",
     "overload": "twice the measured maximum for 2 minutes, then nothing: bounded memory, every window scored",
+    "latent": "AnoGAN latent search against the encoder score (MNIST, SMAP): AUPRC, ROC-AUC, seconds per window",
 }
 
 

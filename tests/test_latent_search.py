@@ -178,3 +178,22 @@ def test_refine_consumer_publishes_refined_records_for_an_opened_alert():
     assert rec["encoder_score"] == pytest.approx(float(expected[0]), rel=1e-4)
     assert rec["score"] <= rec["encoder_score"] + 1e-6
     assert rec["is_anomaly"] == (rec["score"] >= 0.78)
+
+
+def test_bench_latent_writes_its_report_on_a_smap_channel(shared_data, tmp_path):
+    if not (shared_data / "smap" / "test" / "G-6.npy").exists():
+        pytest.skip("SMAP not in the shared data folder")
+    from pathlib import Path
+
+    from stream_detector.bench import latent
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    assert latent.main(["--digits", "", "--channels", "G-6", "--models", str(models), "--smap-stride", "256",
+                        "--smap-thorough-every", "0", "--lr-check", "0", "--data", str(shared_data),
+                        "--out", str(tmp_path), "--quiet"]) == 0
+    import json
+
+    row = json.loads((tmp_path / "latent_search.json").read_text())["smap"]["rows"][0]
+    assert row["torch_vs_onnx_encoder_max_abs_diff"] < 1e-3  # PyTorch rebuilt from model.onnx scores as ONNX Runtime
+    assert 0 <= row["search_4x50"]["auprc"] <= 1 and row["search_4x50"]["seconds_per_window"] > 0
+    assert "## SMAP" in (tmp_path / "latent_search.md").read_text()
