@@ -123,8 +123,11 @@ class Group:
         n = sum(len(t) for t in self.start_ts)
         if peaks is None:
             return np.full((n, 3), np.nan)
-        ts = np.concatenate(self.ts)
-        return np.column_stack([ts[np.arange(n), peaks.step], peaks.channel, peaks.value]).astype(np.float64)
+        peak_ts, i = np.empty(n), 0
+        for ts in self.ts:  # strided views into each push's points: read one step per window
+            peak_ts[i:i + len(ts)] = ts[np.arange(len(ts)), peaks.step[i:i + len(ts)]]
+            i += len(ts)
+        return np.column_stack([peak_ts, peaks.channel, peaks.value]).astype(np.float64)
 
 
 @dataclass

@@ -233,8 +233,11 @@ class SourceWindows:
             all_vals = np.concatenate([buf_vals, values])
             ends = np.arange(k + self._need - 1, k + m, S)
             starts = ends - (W - 1)  # >= 0: the ring holds every point a pending window needs
-            cells = starts[:, None] + np.arange(W)
-            out = WindowBatch(all_ts[starts], all_ts[ends], all_vals[cells], all_ts[cells])
+            # the timestamps as a strided view (no copy: the starts are S apart); only a window's
+            # peak step is ever read from it
+            ts_view = np.ndarray((len(starts), W), np.float64, all_ts, offset=int(starts[0]) * 8,
+                                 strides=(S * 8, 8))  # all_ts: a fresh contiguous float64 array
+            out = WindowBatch(all_ts[starts], all_ts[ends], all_vals[starts[:, None] + np.arange(W)], ts_view)
             self._need = S - (k + m - 1 - int(ends[-1]))
         else:
             self._need -= m
