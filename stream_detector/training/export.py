@@ -14,6 +14,13 @@ card's ``score.kind`` (:data:`SCORE_KINDS`, ``train --score``):
   standardised on the training windows and put on the fanogan score's scale
   (``critic_scale = std(fanogan) / std(-D)``), so that each counts alike;
 
+With several generators (D-AnoGAN, ``train --generators K``, :mod:`.danogan`) the ``fanogan``
+part is research document 002's score instead: ``(1 - alpha) * A_R + alpha * KL(C(f(x)) ||
+C(f(G_k(E_k(x)))))``, with ``C`` the classifier on the critic's features and ``k`` the generator
+``C`` picks for the window (no ``kappa * A_D`` term).  The pick is a one-hot mask, not a branch:
+all K encoder/generator pairs run on every window, so the graph costs about K times a single
+pair's reconstruction.
+
 plus, for every kind, the level term ``lambda * A_L``: the mean over channels of
 :meth:`~.transforms.WindowTransform.range_excess` (how far the raw window leaves the training
 range; ``lambda`` is the card's ``level_weight``, 0 for none).
@@ -48,20 +55,45 @@ SCORE_KINDS = ("fanogan", "critic", "combined")
 class ScoreParts(NamedTuple):
     """The parts every score kind is made of, for transformed inputs ``x``."""
 
-    fanogan: torch.Tensor  # A_R + kappa * A_D, [B]
+    fanogan: torch.Tensor  # A_R + kappa * A_D, [B] (several generators: (1 - alpha) * A_R + alpha * KL)
     critic: torch.Tensor  # -D(x), [B]
     residual: torch.Tensor  # (x - G(E(x)))^2, input-shaped
     reconstruction: torch.Tensor
 
 
-def score_parts(x: torch.Tensor, encoder: Encoder, generator: Generator, critic: Critic,
-                kappa: float) -> ScoreParts:
+def score_parts(x: torch.Tensor, encoder: Encoder | nn.ModuleList, generator: Generator | nn.ModuleList,
+                critic: Critic, kappa: float, classifier: nn.Module | None = None, alpha: float = 0.9) -> ScoreParts:
+    """The score's parts.  With a ``classifier`` (D-AnoGAN: ``encoder`` and ``generator`` are
+    ModuleLists of K) the window's generator is the classifier's most probable one, chosen by a
+    mask over all K reconstructions (ties share equally), and ``fanogan`` is ``(1 - alpha) * A_R
+    + alpha * KL(p(x) || p(recon))`` with ``p = softmax(C(f(.)))``."""
+    if classifier is not None:
+        return _multi_score_parts(x, encoder, generator, critic, classifier, alpha)
     recon = generator(encoder(x))
     residual = (x - recon) ** 2
     a_r = residual.flatten(1).mean(dim=1)
     f_x = critic.features(x)
     a_d = ((f_x - critic.features(recon)) ** 2).mean(dim=1)
     return ScoreParts(a_r + kappa * a_d, -critic.head(f_x).squeeze(1), residual, recon)
+
+
+def _multi_score_parts(x: torch.Tensor, encoders: nn.ModuleList, generators: nn.ModuleList, critic: Critic,
+                       classifier: nn.Module, alpha: float) -> ScoreParts:
+    f_x = critic.features(x)
+    logits = classifier(f_x)
+    p_x = torch.softmax(logits, dim=1)
+    pick = (p_x >= p_x.max(dim=1, keepdim=True).values).to(x.dtype)
+    pick = pick / pick.sum(dim=1, keepdim=True)  # [B, K], one-hot unless tied
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    recon = None
+    for j, (e, g) in enumerate(zip(encoders, generators)):
+        part = pick[:, j].reshape(shape) * g(e(x))
+        recon = part if recon is None else recon + part
+    residual = (x - recon) ** 2
+    a_r = residual.flatten(1).mean(dim=1)
+    kl = (p_x * (torch.log_softmax(logits, dim=1) - torch.log_softmax(classifier(critic.features(recon)), dim=1))
+          ).sum(dim=1)
+    return ScoreParts((1.0 - alpha) * a_r + alpha * kl, -critic.head(f_x).squeeze(1), residual, recon)
 
 
 def combine(kind: str, parts: ScoreParts, critic_mean: float = 0.0, critic_scale: float = 1.0) -> torch.Tensor:
@@ -76,9 +108,10 @@ def combine(kind: str, parts: ScoreParts, critic_mean: float = 0.0, critic_scale
 
 
 def anomaly_scores(x: torch.Tensor, encoder: Encoder, generator: Generator, critic: Critic,
-                   kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   kappa: float, classifier: nn.Module | None = None,
+                   alpha: float = 0.9) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fanogan score, squared residual (input-shaped) and reconstruction of transformed inputs."""
-    parts = score_parts(x, encoder, generator, critic, kappa)
+    parts = score_parts(x, encoder, generator, critic, kappa, classifier, alpha)
     return parts.fanogan, parts.residual, parts.reconstruction
 
 
@@ -94,7 +127,8 @@ class ScoringNetwork(nn.Module):
 
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
                  kappa: float, level_weight: float = 0.0, score_kind: str = "fanogan",
-                 critic_mean: float = 0.0, critic_scale: float = 1.0):
+                 critic_mean: float = 0.0, critic_scale: float = 1.0, classifier: nn.Module | None = None,
+                 alpha: float = 0.9):
         super().__init__()
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
@@ -104,6 +138,7 @@ class ScoringNetwork(nn.Module):
         self.level_weight = float(level_weight)
         self.score_kind = score_kind
         self.critic_mean, self.critic_scale = float(critic_mean), float(critic_scale)
+        self.classifier, self.alpha = classifier, float(alpha)  # D-AnoGAN: K encoders/generators and C
         self.eval()
 
     def score_spec(self) -> dict:
@@ -115,7 +150,7 @@ class ScoringNetwork(nn.Module):
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)
-        parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa)
+        parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa, self.classifier, self.alpha)
         score = combine(self.score_kind, parts, self.critic_mean, self.critic_scale)
         cells = self.transform.cell_attribution(window, parts.residual)  # [B, C, W]
         if self.level_weight:
@@ -145,10 +180,20 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     width, latent = default_sizes(shape, arch)
     width, latent = cfg.get("width") or width, cfg.get("latent_dim") or latent
     sc = card.score
-    scorer = ScoringNetwork(wt, Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent),
-                            Critic(arch, shape, width), float(sc.get("kappa", 1.0)), float(sc.get("level_weight", 0.0)),
-                            sc.get("kind", "fanogan"), float(sc.get("critic_mean", 0.0)),
-                            float(sc.get("critic_scale", 1.0)))
+    k = int(cfg.get("generators", 1))
+    critic, classifier = Critic(arch, shape, width), None
+    if k > 1:  # D-AnoGAN: K encoders and generators (state dict names encoder.0..., generator.0...) and C
+        from .danogan import classifier_for
+
+        encoder = nn.ModuleList([Encoder(arch, shape, width, latent) for _ in range(k)])
+        generator = nn.ModuleList([Generator(arch, shape, width, latent) for _ in range(k)])
+        classifier = classifier_for(critic, k)
+    else:
+        encoder, generator = Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent)
+    scorer = ScoringNetwork(wt, encoder, generator, critic, float(sc.get("kappa", 1.0)),
+                            float(sc.get("level_weight", 0.0)), sc.get("kind", "fanogan"),
+                            float(sc.get("critic_mean", 0.0)), float(sc.get("critic_scale", 1.0)),
+                            classifier, float(sc.get("alpha", cfg.get("alpha", 0.9))))
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     missing, unexpected = scorer.load_state_dict(state, strict=False)
@@ -179,8 +224,8 @@ def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path
     With ``optimise`` (the default) a sequence conv scorer is written in the form ONNX Runtime
     runs fast (:mod:`.onnx_graph`: 2-D convolutions for its NCHWc kernels, transposed
     convolutions as phase convolutions, batch norm folded), after checking that it gives the
-    plain export's outputs; other scorers, and ``optimise=False``, get the plain export.
-    Returns the form written (``onnx_graph.FORM`` or ``"plain"``).
+    plain export's outputs; other scorers (D-AnoGAN's several generators among them), and
+    ``optimise=False``, get the plain export.  Returns the form written (``onnx_graph.FORM`` or ``"plain"``).
     """
     import io
 
@@ -196,7 +241,8 @@ def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path
             opset_version=opset, dynamo=False,
         )
     graph, form = buf.getvalue(), onnx_graph.PLAIN
-    if optimise and scorer.transform.kind == "sequence" and not scorer.level_weight:  # the fast form has no A_L
+    # the fast form has no A_L, and one encoder/generator pair without a classifier
+    if optimise and scorer.transform.kind == "sequence" and not scorer.level_weight and scorer.classifier is None:
         try:
             graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer),
                                         scorer.score_spec())

@@ -111,6 +111,11 @@ def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.99
 FANOGAN = "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
 SCORE_FORMULAS = {"fanogan": FANOGAN, "critic": "-D(x)",
                   "combined": f"{FANOGAN} + critic_scale * (-D(x) - critic_mean)"}
+# D-AnoGAN (train --generators K > 1): research document 002's score, k = argmax_k C(f(x))_k
+DANOGAN = ("(1 - alpha) * mean((x - G_k(E_k(x)))^2) + alpha * KL(C(f(x)) || C(f(G_k(E_k(x)))))"
+           " with k = argmax C(f(x)), C = softmax of the classifier on the critic's features")
+MULTI_SCORE_FORMULAS = {"fanogan": DANOGAN, "critic": "-D(x)",
+                        "combined": f"{DANOGAN} + critic_scale * (-D(x) - critic_mean)"}
 
 
 def default_level_weight(transform: str) -> float:
@@ -166,10 +171,12 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     # constants, and for the others what lets a benchmark form the combined score from the
     # graph's score and critic_score outputs without retraining.
     with torch.no_grad():
-        parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa)
-                 for i in range(0, len(x), 1024)]
+        parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa, nets.classifier,
+                             cfg.alpha) for i in range(0, len(x), 1024)]
     standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
-    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind, **standardise)
+    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind, **standardise,
+                            classifier=nets.classifier, alpha=cfg.alpha)
+    multi = nets.classifier is not None
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))
 
@@ -183,10 +190,11 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         threshold=threshold_spec(threshold, calib_scores, threshold_quantile, release_quantile, threshold_params),
         plot_size=plot_size if transform != "sequence" else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        score={"formula": SCORE_FORMULAS[score_kind]
+        score={"formula": (MULTI_SCORE_FORMULAS if multi else SCORE_FORMULAS)[score_kind]
                           + (" + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2)" if level else ""),
                **scorer.score_spec(),
                "kappa": cfg.kappa,
+               **({"generators": cfg.generators, "alpha": cfg.alpha} if multi else {}),
                "level_weight": level,
                "encoder_mode": cfg.encoder_mode, "point_mapping": "causal: latest window ending at or before the point"},
         graph={"inputs": {"window": ["batch", window, len(channels)]},
@@ -198,6 +206,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
                   "train_points": split, "calibration_points": n - split, "train_windows": int(len(x)),
                   "train_window_stride": train_stride, "seconds": round(time.monotonic() - started, 2),
                   "stopped_early_by_budget": nets.stopped_early,
+                  **({"prior": [round(v, 6) for v in nets.prior]} if nets.prior is not None else {}),
                   "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()},
         validation={
             "calibration_score_median": float(np.median(calib_scores)),

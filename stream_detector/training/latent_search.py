@@ -189,6 +189,9 @@ def latent_search(scorer, windows: np.ndarray, restarts: int = DEFAULT_RESTARTS,
     if kind not in ("fanogan", "combined"):
         raise ValueError(f"the model scores with {kind!r}, which does not depend on the latent code: latent search "
                          "refines the fanogan score (residual + kappa * critic-feature distance) only")
+    if getattr(scorer, "classifier", None) is not None:
+        raise ValueError("the model has several generators (D-AnoGAN, train --generators): latent search refines "
+                         "one generator's fanogan score only")
     lam = default_lambda(scorer.kappa) if lam is None else float(lam)
     windows = np.ascontiguousarray(windows, dtype=np.float32)
     if not windows.flags.writeable:  # a strided view (sliding_windows): torch wants memory of its own

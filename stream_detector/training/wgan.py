@@ -49,22 +49,41 @@ class TrainConfig:
     max_seconds: float | None = None  # wall-clock budget for GAN + encoder together
     checkpoint_every: int = 0  # generator steps; 0 = only at the end
     log_every: int = 10
+    # D-AnoGAN (research document 002, training/danogan.py): K generators and encoders with a
+    # learned prior over them and a classifier on the critic's features; 1 = the single WGAN above.
+    generators: int = 1
+    alpha: float = 0.9  # score weight: (1 - alpha) * A_R + alpha * KL (002's MNIST value, not tuned on test data)
+    classifier_weight: float = 1.0  # lambda of the generator's classifier term
+    prior_entropy_weight: float = 1000.0  # 002's bandit: entropy bonus weight ...
+    prior_entropy_decay: float = 0.999  # ... times decay ** step
+    prior_lr: float = 1e-3  # 002's bandit learning rate
 
     def __post_init__(self) -> None:
         if self.encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder mode {self.encoder_mode!r}: choose one of {', '.join(ENCODER_MODES)}")
+        if isinstance(self.generators, bool) or int(self.generators) != self.generators or self.generators < 1:
+            raise ValueError(f"generators must be an integer of 1 or more, got {self.generators!r}")
+        self.generators = int(self.generators)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, got {self.alpha!r}")
         self.betas = tuple(self.betas)
 
 
 @dataclass
 class TrainedNets:
-    generator: Generator
+    """The trained networks; with ``config.generators > 1`` (D-AnoGAN) ``generator`` and
+    ``encoder`` are ``nn.ModuleList`` s of K, ``classifier`` maps the critic's features to K
+    logits and ``prior`` is the learned prior over the generators (probabilities)."""
+
+    generator: Generator | nn.ModuleList
     critic: Critic
-    encoder: Encoder
+    encoder: Encoder | nn.ModuleList
     config: TrainConfig
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    classifier: nn.Module | None = None
+    prior: list[float] | None = None
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -100,10 +119,15 @@ def train(data: torch.Tensor, cfg: TrainConfig, progress: bool = True,
 
     ``data`` is ``[N, C, L]`` or ``[N, C, H, W]``.  Returns the networks in eval mode with
     the per-step history: ``wasserstein`` (the critic's estimate E[D(x)] - E[D(G(z))]),
-    ``gradient_penalty``, ``generator`` loss and ``encoder`` loss.
+    ``gradient_penalty``, ``generator`` loss and ``encoder`` loss.  ``cfg.generators > 1``
+    trains D-AnoGAN instead (:func:`.danogan.train_multi`).
     """
     from .nets import default_sizes
 
+    if cfg.generators > 1:  # D-AnoGAN; the single-generator path below is left as it was
+        from .danogan import train_multi
+
+        return train_multi(data, cfg, progress=progress, checkpoint_dir=checkpoint_dir)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = tuple(data.shape[1:])
