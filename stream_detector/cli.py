@@ -56,9 +56,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--window/--plot-size: {e}") from None
     if args.level_weight is not None and not args.level_weight >= 0:
         raise UserError(f"--level-weight must be 0 or more, got {args.level_weight}")
+    if args.generators < 1:
+        raise UserError(f"--generators must be 1 or more, got {args.generators}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
     cfg = TrainConfig(arch=args.arch, width=args.width, latent_dim=args.latent, iterations=args.iterations,
                       encoder_iterations=args.encoder_iterations, encoder_mode=args.encoder_mode, kappa=args.kappa,
-                      seed=args.seed, max_seconds=args.max_seconds, batch_size=args.batch_size)
+                      seed=args.seed, max_seconds=args.max_seconds, batch_size=args.batch_size,
+                      generators=args.generators, alpha=args.alpha)
     try:
         card = fit_series_model(values, channels, Path(args.out), window=args.window, stride=args.stride,
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
@@ -70,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
           f"{args.transform}, threshold method {card.threshold_method} (held-out q{args.threshold_quantile}: "
           f"{card.threshold['value']:.5g}), "
-          f"{card.graph['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card.training['seconds']:.0f} s")
+          f"{card.graph['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card.training['seconds']:.0f} s"
+          + (f"; {args.generators} generators, learned prior {', '.join(f'{v:.2f}' for v in card.training['prior'])}"
+             if args.generators > 1 else ""))
     return 0
 
 
@@ -433,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the window score: fanogan (residual + kappa * critic-feature distance), critic (the "
                    "critic's own output, -D(x)), or combined (fanogan + the critic's score standardised on the "
                    "training windows)")
+    t.add_argument("--generators", type=int, default=1, metavar="K",
+                   help="D-AnoGAN (research 002): K generators and encoders with a learned prior over them and a "
+                   "classifier on the critic's features, for normal data with several modes; the graph runs all K "
+                   "per window (about K times the cost); 1 (default): one generator")
+    t.add_argument("--alpha", type=float, default=0.9,
+                   help="with --generators K > 1: the score (1 - alpha) * residual + alpha * KL between the "
+                   "classifier's outputs on the window and on its reconstruction (default 0.9, research 002's)")
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--plot-size", type=_positive_int, default=32, help="distance-plot side; longer windows are pooled")
     t.add_argument("--max-seconds", type=float, help="wall-clock budget for training")
