@@ -82,6 +82,9 @@ HAR_CONFIG = {
                           encoder_mode="izi_f", kappa=1.0),
 }
 HAR_CONFIG["distance-plot-mv"] = HAR_CONFIG["distance-plot"]
+# --generators K > 1 (D-AnoGAN, research document 002): the score of the same trained networks
+DANOGAN_SCORE = ("(1 - alpha) * mean((x - G_k(E_k(x)))^2) + alpha * KL(C(f(x)) || C(f(G_k(E_k(x))))), "
+                 "k = argmax C(f(x)) (D-AnoGAN)")
 
 
 # ------------------------------------------------------------------ helpers
@@ -186,8 +189,17 @@ def protocol_split(y: np.ndarray, anomaly: int, train_fraction: float, seed: int
     return train_idx[inner_train], train_idx[inner_test], inner_labels, pseudo
 
 
-def _score_graph(encoder, generator, critic, kappa: float):
-    """encoder + generator + critic trunk as one module running :func:`anomaly_scores`, for :func:`count_flops`."""
+def _multi(nets, alpha: float | None = None) -> dict:
+    """The D-AnoGAN arguments of the score functions for ``nets`` (``classifier`` and ``alpha``; the
+    classifier is None for one generator, and the score is then f-AnoGAN's); ``alpha`` overrides
+    the configuration's (for ablations)."""
+    return {"classifier": getattr(nets, "classifier", None),
+            "alpha": nets.config.alpha if alpha is None else float(alpha)}
+
+
+def _score_graph(encoder, generator, critic, kappa: float, classifier=None, alpha: float = 0.9):
+    """encoder + generator + critic trunk (and classifier: all K pairs with several generators) as one
+    module running :func:`anomaly_scores`, for :func:`count_flops`."""
     from torch import nn
 
     from ..training.export import anomaly_scores
@@ -195,22 +207,23 @@ def _score_graph(encoder, generator, critic, kappa: float):
     class ScoreGraph(nn.Module):
         def __init__(self):
             super().__init__()
-            self.encoder, self.generator, self.critic = encoder, generator, critic
+            self.encoder, self.generator, self.critic, self.classifier = encoder, generator, critic, classifier
 
         def forward(self, x):
-            return anomaly_scores(x, self.encoder, self.generator, self.critic, kappa)[0]
+            return anomaly_scores(x, self.encoder, self.generator, self.critic, kappa, self.classifier, alpha)[0]
 
     return ScoreGraph()
 
 
-def _score(x, nets, batch: int = 1024) -> np.ndarray:
+def _score(x, nets, batch: int = 1024, alpha: float | None = None) -> np.ndarray:
     import torch
 
     from ..training.export import anomaly_scores
 
     with torch.no_grad():
         return torch.cat([anomaly_scores(x[i:i + batch], nets.encoder, nets.generator, nets.critic,
-                                         nets.config.kappa)[0] for i in range(0, len(x), batch)]).numpy()
+                                         nets.config.kappa, **_multi(nets, alpha))[0]
+                          for i in range(0, len(x), batch)]).numpy()
 
 
 def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) -> dict:
@@ -225,8 +238,8 @@ def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) ->
 
     def parts(x):
         with torch.no_grad():
-            got = [score_parts(x[i:i + batch], nets.encoder, nets.generator, nets.critic, nets.config.kappa)
-                   for i in range(0, len(x), batch)]
+            got = [score_parts(x[i:i + batch], nets.encoder, nets.generator, nets.critic, nets.config.kappa,
+                               **_multi(nets)) for i in range(0, len(x), batch)]
         return type(got[0])(*(torch.cat([g[k] for g in got]) for k in range(4)))
 
     auprc, roc_auc, _ = metric_functions()
@@ -265,7 +278,8 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
     if not finite.all():  # a diverged model: give non-finite scores the top finite score (counted) rather than crash
         scores = np.where(finite, scores, np.nanmax(np.where(finite, scores, -np.inf)) if finite.any() else 0.0)
     if flops_module is None:
-        flops_module, flops_example = _score_graph(nets.encoder, nets.generator, nets.critic, cfg.kappa), x_test[:1]
+        flops_module = _score_graph(nets.encoder, nets.generator, nets.critic, cfg.kappa, **_multi(nets))
+        flops_example = x_test[:1]
     else:
         flops_module = flops_module(nets)
     w = nets.history["wasserstein"]
@@ -289,6 +303,7 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
         "mean_score_anomalous": float(scores[labels == 1].mean()),
         "score_kinds": kinds,
         **({"ablations": extra} if extra else {}),
+        **({"prior": [round(v, 4) for v in nets.prior]} if getattr(nets, "prior", None) is not None else {}),
     }
 
 
@@ -305,7 +320,11 @@ def _mnist_task(task: dict) -> dict:
     train_idx, test_idx, labels, pseudo = protocol_split(y, d, task["train_fraction"], task["seed"], stratify=False,
                                                          validation=task["validation"])
     cfg = TrainConfig(**task["cfg"])
-    out = _fit_and_score(torch.from_numpy(x[train_idx]), torch.from_numpy(x[test_idx]), labels, cfg)
+    x_test = torch.from_numpy(x[test_idx])
+    # D-AnoGAN: its score's two parts alone, on the same networks (reported beside, never chosen on these labels)
+    parts = {"residual_only_alpha_0": lambda nets: _score(x_test, nets, alpha=0.0),
+             "kl_only_alpha_1": lambda nets: _score(x_test, nets, alpha=1.0)} if cfg.generators > 1 else None
+    out = _fit_and_score(torch.from_numpy(x[train_idx]), x_test, labels, cfg, ablations=parts)
     row = {"anomaly": d, "paper_auprc": PAPER_MNIST_AUPRC.get(d), "n_train": int(len(train_idx)),
            "n_test_normal": int((labels == 0).sum()), "n_test_anomalous": int(labels.sum()), **out}
     if pseudo is not None:
@@ -342,19 +361,23 @@ def _har_task(task: dict) -> dict:
     cfg = TrainConfig(**task["cfg"])
     raw_test = torch.from_numpy(windows[test_idx])
 
-    def deployable(nets, weight: float = level) -> np.ndarray:
+    def deployable(nets, weight: float = level, alpha: float | None = None) -> np.ndarray:
         """The scorer the worker runs (raw window in: transform, networks and level term inside)."""
-        net = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, weight)
+        net = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, weight, **_multi(nets, alpha))
         with torch.no_grad():
             return torch.cat([net(raw_test[i:i + 1024])[0] for i in range(0, len(raw_test), 1024)]).numpy()
 
     # FLOPs of the deployable scorer (raw window in, transform inside); the transform
     # itself (subtractions, pooling) is not counted, only convolutions and linear layers.
+    ablations = {"without_level_term": lambda nets: deployable(nets, 0.0)} if level else {}
+    if cfg.generators > 1:  # D-AnoGAN: its score's two parts alone, on the same networks
+        ablations.update(residual_only_alpha_0=lambda nets: deployable(nets, alpha=0.0),
+                         kl_only_alpha_1=lambda nets: deployable(nets, alpha=1.0))
     out = _fit_and_score(x_train, x_test, labels, cfg,
                          flops_module=lambda nets: ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic,
-                                                                 cfg.kappa, level),
+                                                                 cfg.kappa, level, **_multi(nets)),
                          flops_example=torch.zeros(1, windows.shape[1], windows.shape[2]), score_fn=deployable,
-                         ablations={"without_level_term": lambda nets: deployable(nets, 0.0)} if level else None)
+                         ablations=ablations or None)
     out["level_weight"] = level
     n_train_per_class = {HAR_ACTIVITIES[c - 1]: int((y[train_idx] == c).sum()) for c in np.unique(y[train_idx])}
     row = {"anomaly": name, "transform": task["transform"], "input_shape": list(wt.output_shape()),
@@ -482,7 +505,8 @@ def run_mnist(digits: Iterable[int] | None = None, *, seed: int = 0, max_seconds
                      "limit_per_class": limit_per_class, "seed": seed, "validation": _VALIDATION_NOTE if validation
                      else False},
         "config": cfg, "metrics": metric_functions()[2],
-        "score": "anomaly_scores: mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)",
+        "score": ("anomaly_scores: " + DANOGAN_SCORE if cfg["generators"] > 1 else
+                  "anomaly_scores: mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"),
         "machine": machine, "wall_seconds": round(wall, 1), "results": rows, "summary": summary,
     }
 
@@ -545,8 +569,10 @@ def run_har(activities: Iterable[str | int] | None = None, *, transforms: Sequen
                      "positive_class": "anomaly", "limit_per_class": limit_per_class, "seed": seed,
                      "validation": _VALIDATION_NOTE if validation else False},
         "config": cfgs, "metrics": metric_functions()[2],
-        "score": "ScoringNetwork on raw windows: mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2) "
-                 "+ level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2) (s: the window normalised to the "
+        "score": "ScoringNetwork on raw windows: "
+                 + (DANOGAN_SCORE if any(c["generators"] > 1 for c in cfgs.values()) else
+                    "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)")
+                 + " + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2) (s: the window normalised to the "
                  "training points' range, m: its mean mapped onto the training windows' mean range)",
         "machine": machine, "wall_seconds": round(wall, 1), "results": rows,
         "summary": {t: _summary([r for r in rows if r["transform"] == t]) for t in transforms},
@@ -565,6 +591,8 @@ def _flops(v: int) -> str:
 def _cfg_line(cfg: dict) -> str:
     keys = ("arch", "width", "latent_dim", "iterations", "encoder_iterations", "n_critic", "gp_lambda", "lr", "betas",
             "batch_size", "encoder_mode", "kappa", "seed", "max_seconds")
+    if cfg.get("generators", 1) > 1:
+        keys += ("generators", "alpha", "classifier_weight", "prior_entropy_weight", "prior_entropy_decay", "prior_lr")
     return ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
 
 
@@ -616,7 +644,7 @@ def markdown(results: dict) -> str:
                        f"{s['train_seconds_total']:.0f} | | |")
         out += ["", "The paper gives one HAR figure: LAYING, AUPRC 0.70 (fully connected WGAN + encoder on raw "
                 "total acceleration); its distance plots of all nine channels did not separate WALKING_DOWNSTAIRS."]
-        ablated = [r for r in rows if r.get("ablations")]
+        ablated = [r for r in rows if "without_level_term" in r.get("ablations", {})]
         if ablated:
             out += ["", "The same trained networks scored without the level term (ablation): "
                     + "; ".join(f"{r['anomaly']} {r['transform']} AUPRC {r['ablations']['without_level_term']['auprc']:.3f} "
@@ -628,6 +656,18 @@ def markdown(results: dict) -> str:
                 out.append(f"{name} ({note}): " + ", ".join(f"{r['transform']} AUPRC {r['auprc']:.3f}"
                                                             for r in found) + ".")
     out += _kinds_table(rows, "anomaly" if results["benchmark"].startswith("paper-mnist") else "activity / transform")
+    multi = [r for r in rows if "kl_only_alpha_1" in r.get("ablations", {})]
+    if multi:
+        out += ["", "D-AnoGAN: the score's two parts alone on the same networks (alpha 0: the residual of the "
+                "classifier's generator; alpha 1: the KL term; HAR: with the level term where the model has one), and the "
+                "learned prior over the generators:", "",
+                "| model | AUPRC | ROC-AUC | alpha 0 AUPRC | alpha 0 ROC-AUC | alpha 1 AUPRC | alpha 1 ROC-AUC | prior |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in multi:
+            a0, a1 = r["ablations"]["residual_only_alpha_0"], r["ablations"]["kl_only_alpha_1"]
+            name = r["anomaly"] if "transform" not in r else f"{r['anomaly']} / {r['transform']}"
+            out.append(f"| {name} | {_f(r['auprc'])} | {_f(r['roc_auc'])} | {_f(a0['auprc'])} | {_f(a0['roc_auc'])} "
+                       f"| {_f(a1['auprc'])} | {_f(a1['roc_auc'])} | {', '.join(f'{v:.2f}' for v in r.get('prior', []))} |")
     flops = sorted({r["flops_per_sample"] for r in rows})
     cfg = results["config"]
     if "arch" in cfg:
@@ -674,6 +714,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kappa", type=float)
     p.add_argument("--lr", type=float, help="Adam learning rate of generator and critic")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--generators", type=int, help="D-AnoGAN: K generators and encoders (default 1)")
+    p.add_argument("--alpha", type=float, help="D-AnoGAN's score weight (default 0.9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level-weight", type=float, help="har: weight of the level term in the score (default 1.0 for "
                    "distance plots, 0 for sequences)")
@@ -691,7 +733,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> Report:
     overrides = {k: getattr(args, k) for k in ("iterations", "encoder_iterations", "arch", "width", "latent_dim",
-                                               "encoder_mode", "kappa", "lr", "batch_size")}
+                                               "encoder_mode", "kappa", "lr", "batch_size", "generators",
+                                               "alpha")}
     common = dict(seed=args.seed, jobs=args.jobs, threads=args.threads, limit_per_class=args.limit_per_class,
                   progress=not args.quiet, validation=args.validation, root=args.data, **overrides)
     if args.max_seconds is not None:
