@@ -69,7 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
                                 version=args.version, threshold_quantile=args.threshold_quantile,
                                 source=str(args.data), progress=not args.quiet, threshold=args.threshold,
-                                level_weight=args.level_weight, score_kind=args.score)
+                                level_weight=args.level_weight, score_kind=args.score,
+                                score_channels=args.score_channels.split(",") if args.score_channels else None)
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
@@ -447,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=float, default=0.9,
                    help="with --generators K > 1: the score (1 - alpha) * residual + alpha * KL between the "
                    "classifier's outputs on the window and on its reconstruction (default 0.9, research 002's)")
+    t.add_argument("--score-channels", help="comma-separated channels the score is about; the networks see every "
+                   "channel (--channels) and are conditioned on the others, e.g. command flags beside telemetry "
+                   "(default: score every channel)")
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--plot-size", type=_positive_int, default=32, help="distance-plot side; longer windows are pooled")
     t.add_argument("--max-seconds", type=float, help="wall-clock budget for training")

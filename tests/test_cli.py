@@ -56,6 +56,8 @@ def test_train_level_weight_goes_into_the_card_and_a_negative_one_is_refused(tra
         "--score", "combined", "--iterations", 5, "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
     score = json.loads((tmp_path / "c" / "model.json").read_text())["score"]
     assert score["kind"] == "combined" and score["critic_scale"] > 0 and "-D(x)" in score["formula"]
+    proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--score-channels", "a,zz", ok=False)
+    assert_one_line_error(proc, "score channels zz are not among the data's channels")
     proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--score", "median", ok=False)
     assert proc.returncode != 0 and "invalid choice: 'median'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--level-weight", -1, ok=False)

@@ -144,3 +144,60 @@ def test_level_term_lets_a_distance_plot_see_a_level_shift(tmp_path, transform):
     (n1, _), (s1, c1) = scores[None]
     assert np.all(s1 > n1 + 0.3)  # b (range 2) shifted by 3.0: every point half a range outside or more
     assert np.all(np.argmax(c1, axis=1) == 1)  # the shifted channel is blamed
+
+
+@pytest.mark.parametrize("transform,level", [("sequence", 0.0), ("sequence", 1.0), ("distance-plot", 1.0)])
+def test_a_conditioned_model_scores_its_score_channels_only(tmp_path, transform, level):
+    """``score_channels``: the networks see every channel, the score and the root cause count only
+    the scored ones.  A change in a context channel moves the score only through the critic's
+    features; the exported graph (the fast form for sequences) equals PyTorch, the card names the
+    channels, and the model rebuilt from its directory scores as the graph does."""
+    from stream_detector.training.export import scorer_from_model_dir
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
+
+    cfg = TrainConfig(iterations=10, encoder_iterations=20, width=8, latent_dim=4, seed=1)
+    out = tmp_path / "m"
+    card = fit_series_model(synthetic_series(), ["a", "b", "c"], out, window=16, stride=4, transform=transform,
+                            cfg=cfg, plot_size=8, progress=False, level_weight=level, score_channels=["b"])
+    assert card.score["channels"] == ["b"] and "score channels only" in card.score["formula"]
+    # the fast form carries the score channels (sequence without a level term); the others are plain
+    assert card.graph["form"] == ("sequence-conv2d-v1" if transform == "sequence" and not level else "plain")
+    values = synthetic_series(400, seed=5)
+    windows = np.stack([values[i:i + 16] for i in range(0, 300, 5)]).astype(np.float32)
+    windows[::3, 5, 0] += 4.0  # out-of-range points in the context channel a
+    scorer = Scorer(out)
+    outs = scorer.run_all(windows)
+    # the root cause never names an unscored channel
+    assert np.all(outs["channel_scores"][:, [0, 2]] == 0) and np.all(outs["cell_scores"][:, [0, 2]] == 0)
+    assert np.all(outs["channel_scores"][:, 1] > 0)
+    with torch.no_grad():
+        rebuilt = [t.numpy() for t in scorer_from_model_dir(out)(torch.from_numpy(windows))]
+    np.testing.assert_allclose(outs["score"], rebuilt[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(outs["cell_scores"], rebuilt[4], rtol=1e-4, atol=1e-6)
+    if not level:
+        return
+    # the level term counts channel b only: a's out-of-range points add nothing to it
+    with torch.no_grad():
+        net = scorer_from_model_dir(out)
+        x = torch.from_numpy(windows)
+        excess_b = net.transform.range_excess(x)[:, 1]
+        net.level_weight = 0.0
+        without = net(x)[0]
+    np.testing.assert_allclose(outs["score"] - without.numpy(), excess_b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_score_channels_are_checked():
+    from stream_detector.errors import DataError
+    from stream_detector.training.fit import fit_series_model
+    from stream_detector.training.wgan import TrainConfig
+
+    with pytest.raises(DataError, match="score channels z are not among"):
+        fit_series_model(synthetic_series(), ["a", "b", "c"], "/nonexistent", window=16, stride=4,
+                         transform="sequence", cfg=TrainConfig(iterations=1), score_channels=["z"])
+    stats = fit_normalisation(synthetic_series(100))
+    wt = WindowTransform("distance-plot-mv", stats, 16, plot_size=8)
+    shape = wt.output_shape()
+    with pytest.raises(ValueError, match="cannot score some channels only"):
+        ScoringNetwork(wt, Encoder("conv", shape, 8, 4), Generator("conv", shape, 8, 4), Critic("conv", shape, 8),
+                       1.0, score_channels=[0])

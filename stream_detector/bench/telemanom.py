@@ -48,7 +48,7 @@ import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +68,11 @@ DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, 
                       encoder_iterations=200, encoder_mode="izi_f", kappa=1.0, max_seconds=None, channels="0",
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
                       telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
-                      telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, vus_window=100, seed=0)
+                      telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, vus_window=100, seed=0,
+                      score_columns=None)
 # keys of the flat configuration that are the runner's own (channels read, thresholds, evaluation)
 RUNNER_KEYS = tuple(k for k in DEFAULT_CONFIG if k.startswith(("telemanom_", "dynamic_"))) + (
-    "channels", "pot_risk", "merge_gap", "vus_window")
+    "channels", "pot_risk", "merge_gap", "vus_window", "score_columns")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ def _wgan_scores(task: dict, train: np.ndarray, test: np.ndarray, cols: list[int
     from ..training.fit import fit_and_score, score_with_model
 
     torch.set_num_threads(task["threads"])
-    model = TelemanomConfig.from_dict(task["config"]).model
+    config = TelemanomConfig.from_dict(task["config"])
+    model = config.model
+    if config.runner.get("score_columns") is not None:  # conditioned on the other columns read
+        model = replace(model, score_channels=tuple(f"c{i}" for i in _columns(str(config.runner["score_columns"]),
+                                                                           len(cols))))
     calib_points = max(int(0.2 * len(train)), model.window + 50)
     fraction = 1.0 - calib_points / len(train)
     fit = fit_and_score(train, test, [f"c{i}" for i in cols], model_dir, model, train_fraction=fraction,
@@ -422,6 +427,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    f"{DEFAULT_CONFIG['iterations']})")
     p.add_argument("--window", type=int)
     p.add_argument("--transform", choices=["sequence", "distance-plot"])
+    p.add_argument("--channels", help="columns of each channel's .npy the WGAN model reads: comma-separated indices "
+                   "or 'all' (default 0, the telemetry value; SMAP's other 24 are command flags)")
+    p.add_argument("--score-columns", help="of those, the columns the score is about (default: all read); e.g. "
+                   "--channels all --score-columns 0 conditions the model on the command flags")
     p.add_argument("--score", choices=["fanogan", "critic", "combined"],
                    help="the WGAN model's score kind, as train --score (default fanogan)")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
@@ -475,7 +484,7 @@ def run(a: argparse.Namespace) -> Report:
         if not (data / need).exists():
             raise UserError(f"{data} is not in the telemanom layout: {need} is missing")
     cfg = dict(DEFAULT_CONFIG)
-    for key in ("max_seconds", "iterations", "window", "transform", "score"):
+    for key in ("max_seconds", "iterations", "window", "transform", "score", "channels", "score_columns"):
         if getattr(a, key) is not None:
             cfg[key] = getattr(a, key)
     if a.iterations:

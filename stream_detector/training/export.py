@@ -61,24 +61,34 @@ class ScoreParts(NamedTuple):
     reconstruction: torch.Tensor
 
 
+def residual_mean(residual: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``A_R``: the residual's mean, or with ``weights`` (one per input plane, summing to 1: the
+    scored channels of a conditioned model) the weighted mean of the planes' means."""
+    if weights is None:
+        return residual.flatten(1).mean(dim=1)
+    return (residual.flatten(2).mean(dim=2) * weights).sum(dim=1)
+
+
 def score_parts(x: torch.Tensor, encoder: Encoder | nn.ModuleList, generator: Generator | nn.ModuleList,
-                critic: Critic, kappa: float, classifier: nn.Module | None = None, alpha: float = 0.9) -> ScoreParts:
+                critic: Critic, kappa: float, classifier: nn.Module | None = None, alpha: float = 0.9,
+                weights: torch.Tensor | None = None) -> ScoreParts:
     """The score's parts.  With a ``classifier`` (D-AnoGAN: ``encoder`` and ``generator`` are
     ModuleLists of K) the window's generator is the classifier's most probable one, chosen by a
     mask over all K reconstructions (ties share equally), and ``fanogan`` is ``(1 - alpha) * A_R
-    + alpha * KL(p(x) || p(recon))`` with ``p = softmax(C(f(.)))``."""
+    + alpha * KL(p(x) || p(recon))`` with ``p = softmax(C(f(.)))``.  ``weights``: see
+    :func:`residual_mean`."""
     if classifier is not None:
-        return _multi_score_parts(x, encoder, generator, critic, classifier, alpha)
+        return _multi_score_parts(x, encoder, generator, critic, classifier, alpha, weights)
     recon = generator(encoder(x))
     residual = (x - recon) ** 2
-    a_r = residual.flatten(1).mean(dim=1)
+    a_r = residual_mean(residual, weights)
     f_x = critic.features(x)
     a_d = ((f_x - critic.features(recon)) ** 2).mean(dim=1)
     return ScoreParts(a_r + kappa * a_d, -critic.head(f_x).squeeze(1), residual, recon)
 
 
 def _multi_score_parts(x: torch.Tensor, encoders: nn.ModuleList, generators: nn.ModuleList, critic: Critic,
-                       classifier: nn.Module, alpha: float) -> ScoreParts:
+                       classifier: nn.Module, alpha: float, weights: torch.Tensor | None = None) -> ScoreParts:
     f_x = critic.features(x)
     logits = classifier(f_x)
     p_x = torch.softmax(logits, dim=1)
@@ -90,7 +100,7 @@ def _multi_score_parts(x: torch.Tensor, encoders: nn.ModuleList, generators: nn.
         part = pick[:, j].reshape(shape) * g(e(x))
         recon = part if recon is None else recon + part
     residual = (x - recon) ** 2
-    a_r = residual.flatten(1).mean(dim=1)
+    a_r = residual_mean(residual, weights)
     kl = (p_x * (torch.log_softmax(logits, dim=1) - torch.log_softmax(classifier(critic.features(recon)), dim=1))
           ).sum(dim=1)
     return ScoreParts((1.0 - alpha) * a_r + alpha * kl, -critic.head(f_x).squeeze(1), residual, recon)
@@ -128,7 +138,10 @@ class ScoringNetwork(nn.Module):
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
                  kappa: float, level_weight: float = 0.0, score_kind: str = "fanogan",
                  critic_mean: float = 0.0, critic_scale: float = 1.0, classifier: nn.Module | None = None,
-                 alpha: float = 0.9):
+                 alpha: float = 0.9, score_channels: list[int] | None = None):
+        """``score_channels``: the indices of the channels the score is about (a model conditioned
+        on the others: the networks see every channel, ``A_R``, the level term, ``channel_scores``
+        and ``cell_scores`` count only these); None: all."""
         super().__init__()
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
@@ -139,6 +152,18 @@ class ScoringNetwork(nn.Module):
         self.score_kind = score_kind
         self.critic_mean, self.critic_scale = float(critic_mean), float(critic_scale)
         self.classifier, self.alpha = classifier, float(alpha)  # D-AnoGAN: K encoders/generators and C
+        self.score_channels = None if score_channels is None else sorted({int(c) for c in score_channels})
+        if self.score_channels is not None:
+            n = transform.n_channels
+            if not self.score_channels or self.score_channels[0] < 0 or self.score_channels[-1] >= n:
+                raise ValueError(f"score channels {score_channels} are not among the {n} input channels")
+            if transform.kind == "distance-plot-mv":
+                raise ValueError("the multivariate distance plot mixes every channel in one plane: it cannot score "
+                                 "some channels only")
+            mask = torch.zeros(n)
+            mask[self.score_channels] = 1.0
+            self.register_buffer("score_mask", mask)
+            self.register_buffer("score_weights", mask / mask.sum())
         self.eval()
 
     def score_spec(self) -> dict:
@@ -150,14 +175,18 @@ class ScoringNetwork(nn.Module):
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)
-        parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa, self.classifier, self.alpha)
+        weights = self.score_weights if self.score_channels is not None else None
+        parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa, self.classifier, self.alpha,
+                            weights)
         score = combine(self.score_kind, parts, self.critic_mean, self.critic_scale)
         cells = self.transform.cell_attribution(window, parts.residual)  # [B, C, W]
         if self.level_weight:
             excess = self.level_weight * self.transform.range_excess_cells(window)  # [B, C, W]
-            score = score + excess.mean(dim=(1, 2))
+            score = score + (excess.mean(dim=(1, 2)) if weights is None else (excess.mean(dim=2) * weights).sum(dim=1))
             # the multivariate plot's channel shares sum to its residual; the others average to it
             cells = cells + (excess / excess.shape[1] if self.transform.kind == "distance-plot-mv" else excess)
+        if weights is not None:  # only the scored channels can be the root cause
+            cells = cells * self.score_mask[:, None]
         return score, cells.mean(dim=2), x, parts.reconstruction, cells, parts.critic
 
 
@@ -193,11 +222,15 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     scorer = ScoringNetwork(wt, encoder, generator, critic, float(sc.get("kappa", 1.0)),
                             float(sc.get("level_weight", 0.0)), sc.get("kind", "fanogan"),
                             float(sc.get("critic_mean", 0.0)), float(sc.get("critic_scale", 1.0)),
-                            classifier, float(sc.get("alpha", cfg.get("alpha", 0.9))))
+                            classifier, float(sc.get("alpha", cfg.get("alpha", 0.9))),
+                            [card.channels.index(c) for c in sc["channels"]] if sc.get("channels") else None)
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     missing, unexpected = scorer.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    # the score channels' mask and weights come from the card (the exporter may fold them into
+    # constants of its own name)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("score_")]
+    unexpected = [k for k in unexpected if not k.startswith("onnx::")]
     if any(k.startswith("critic.head.") for k in missing):
         # Graphs exported before the critic score was an output do not carry the critic's head:
         # its score is unknown (NaN), never a made-up number.

@@ -131,7 +131,7 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
                      release_quantile: float = 0.95, max_train_windows: int = 20000, source: str = "",
                      progress: bool = True, threshold: str = "quantile",
                      threshold_params: dict | None = None, level_weight: float | None = None,
-                     score_kind: str = "fanogan") -> ModelCard:
+                     score_kind: str = "fanogan", score_channels: list[str] | None = None) -> ModelCard:
     """Train on ``values [T, C]`` (or a list of such segments, e.g. several sources of one kind
     pooled, with no window spanning two segments) and write ``model.onnx``, ``model.json`` and
     plots to ``out_dir``.
@@ -139,7 +139,9 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     ``threshold`` is the method the worker applies (:func:`threshold_spec`); the held-out
     quantile calibration is always recorded (``value``/``release``), as the static level and
     as a reference scale for the adaptive methods.  ``score_kind`` is one of
-    :data:`~.export.SCORE_KINDS` (``combined`` standardises the critic on the training windows)."""
+    :data:`~.export.SCORE_KINDS` (``combined`` standardises the critic on the training windows).
+    ``score_channels`` (names): condition on the other channels, score these only (the networks
+    see every channel; see :class:`~.export.ScoringNetwork`)."""
     import torch
 
     from .export import SCORE_KINDS, ScoringNetwork, critic_standardisation, export_onnx, score_parts
@@ -149,6 +151,13 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
 
     if score_kind not in SCORE_KINDS:
         raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+    scored = None
+    if score_channels:
+        unknown = [c for c in score_channels if c not in channels]
+        if unknown:
+            raise DataError(f"score channels {', '.join(unknown)} are not among the data's channels "
+                            f"({', '.join(channels)})")
+        scored = [channels.index(c) for c in score_channels]
     segments = [np.asarray(v, dtype=np.float32) for v in (values if isinstance(values, (list, tuple)) else [values])]
     train_parts, calib_parts = _split_segments(segments, window, train_fraction, source)
     n = sum(len(v) for v in segments)
@@ -170,11 +179,16 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     # The critic's standardisation on the training windows, for every kind: the combined score's
     # constants, and for the others what lets a benchmark form the combined score from the
     # graph's score and critic_score outputs without retraining.
+    weights = None
+    if scored:
+        weights = torch.zeros(len(channels))
+        weights[scored] = 1.0 / len(scored)
     with torch.no_grad():
         parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa, nets.classifier,
-                             cfg.alpha) for i in range(0, len(x), 1024)]
+                             cfg.alpha, weights) for i in range(0, len(x), 1024)]
     standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
-    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind, **standardise,
+    scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind,
+                            score_channels=scored, **standardise,
                             classifier=nets.classifier, alpha=cfg.alpha)
     multi = nets.classifier is not None
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
@@ -191,8 +205,11 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
         plot_size=plot_size if transform != "sequence" else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         score={"formula": (MULTI_SCORE_FORMULAS if multi else SCORE_FORMULAS)[score_kind]
-                          + (" + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2)" if level else ""),
+                          + (" + level_weight * mean_c (mean_t relu(|s| - 1)^2 + relu(|m| - 1)^2)" if level else "")
+                          + ("; the residual and level terms over the score channels only (the networks see every "
+                             "channel)" if scored else ""),
                **scorer.score_spec(),
+               **({"channels": [channels[i] for i in scored]} if scored else {}),
                "kappa": cfg.kappa,
                **({"generators": cfg.generators, "alpha": cfg.alpha} if multi else {}),
                "level_weight": level,
@@ -245,6 +262,7 @@ class SeriesModelConfig:
     max_train_windows: int = 20000
     level_weight: float | None = None  # None: default_level_weight(transform)
     score: str = "fanogan"  # export.SCORE_KINDS
+    score_channels: tuple[str, ...] | None = None  # None: every channel is scored
     train: TrainConfig = field(default_factory=lambda: _train_config_type()())
 
     @classmethod
@@ -344,7 +362,8 @@ def fit_and_score(train_values: np.ndarray, score_values: np.ndarray, channels: 
                             train_fraction=train_fraction, threshold_quantile=config.threshold_quantile,
                             release_quantile=config.release_quantile, max_train_windows=config.max_train_windows,
                             source=source, progress=progress, threshold=config.threshold,
-                            level_weight=config.level_weight, score_kind=config.score)
+                            level_weight=config.level_weight, score_kind=config.score,
+                            score_channels=list(config.score_channels) if config.score_channels else None)
     train_seconds = time.monotonic() - started
     scores = score_with_model(model_dir, score_values, stride=stride, threads=threads)
     return FitAndScore(card, scores, train_seconds)

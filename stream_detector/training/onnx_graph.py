@@ -103,7 +103,7 @@ def state_dict_params(model) -> tuple[dict[str, np.ndarray], dict[str, float]]:
             out[base] = value[:, 0]
         elif how in ("even", "odd", "folded"):
             out[f"{base}:{how}"] = value
-        elif not how and name.startswith(("encoder.", "generator.", "critic.")):
+        elif not how and name.startswith(("encoder.", "generator.", "critic.", "score_")):
             out[name] = value
     scale = out.pop("transform.normalise.scale").astype(np.float64)
     shift = out.pop("transform.normalise.shift").astype(np.float64)
@@ -271,9 +271,17 @@ def sequence_conv_graph(params: dict, bn_eps: dict, window: int, channels: int, 
 
     res = b.op("Sub", [transformed, recon])
     res2 = b.op("Mul", [res, res])
-    b.op("Identity", [res2], out="cell_scores")  # sequences: the residual is on the window's own cells
-    channel_scores = b.op("ReduceMean", [res2], out="channel_scores", axes=[2], keepdims=0)
-    a_r = b.op("ReduceMean", [channel_scores], axes=[1], keepdims=0)
+    if "score_weights" in params:  # conditioned: A_R and the root cause over the scored channels only
+        mask = params["score_mask"].astype(np.float32)
+        per_channel = b.op("ReduceMean", [res2], axes=[2], keepdims=0)
+        a_r = b.op("ReduceSum", [b.op("Mul", [per_channel, b.const(params["score_weights"], "score_weights")]),
+                                 b.ints(1)], keepdims=0)
+        b.op("Mul", [res2, b.const(mask[:, None], "score_mask:column")], out="cell_scores")
+        channel_scores = b.op("Mul", [per_channel, b.const(mask, "score_mask")], out="channel_scores")
+    else:
+        b.op("Identity", [res2], out="cell_scores")  # sequences: the residual is on the window's own cells
+        channel_scores = b.op("ReduceMean", [res2], out="channel_scores", axes=[2], keepdims=0)
+        a_r = b.op("ReduceMean", [channel_scores], axes=[1], keepdims=0)
 
     both = b.op("Concat", [x4, h], axis=0)  # the critic's trunk once, on [x; G(E(x))]
     f_both = b.op("Flatten", [_trunk(b, both, params, "critic.trunk.body")], axis=1)
