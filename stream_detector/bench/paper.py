@@ -254,11 +254,31 @@ def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) ->
     return out
 
 
+def generator_clusters(nets, x, classes: np.ndarray, batch: int = 1024) -> dict:
+    """Which generator the classifier of D-AnoGAN networks picks for samples ``x`` of known normal
+    ``classes`` (digits, activities; never read by training): per class the count per generator,
+    the class's purity (the share going to its most frequent generator; mean over classes: 1 also
+    when every sample goes to one generator), the normalised mutual information between class and
+    generator (0: unrelated, 1: one-to-one), and the generators picked for 5 % of the samples or more."""
+    import torch
+    from sklearn.metrics import normalized_mutual_info_score
+
+    with torch.no_grad():
+        pick = torch.cat([nets.classifier(nets.critic.features(x[i:i + batch])).argmax(dim=1)
+                          for i in range(0, len(x), batch)]).numpy()
+    k = len(nets.generator)
+    counts = {str(c): np.bincount(pick[classes == c], minlength=k).tolist() for c in np.unique(classes)}
+    return {"per_class": counts, "purity": float(np.mean([max(v) / sum(v) for v in counts.values()])),
+            "nmi": float(normalized_mutual_info_score(classes, pick)),
+            "generators_used": int((np.bincount(pick, minlength=k) >= 0.05 * len(pick)).sum())}
+
+
 def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, flops_example=None,
-                   score_fn=None, ablations=None) -> dict:
+                   score_fn=None, ablations=None, describe=None) -> dict:
     """Train on ``x_train`` (transformed), score ``x_test`` (or ``score_fn(nets)``: e.g. the
     deployable scorer on raw windows), return metrics and costs; ``ablations`` (name ->
-    ``fn(nets)``) scores the same trained networks other ways, reported under ``ablations``."""
+    ``fn(nets)``) scores the same trained networks other ways, reported under ``ablations``;
+    ``describe(nets)`` adds its dict to the result."""
     from ..training.nets import count_flops
     from ..training.wgan import config_dict, train
 
@@ -304,6 +324,7 @@ def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, 
         "score_kinds": kinds,
         **({"ablations": extra} if extra else {}),
         **({"prior": [round(v, 4) for v in nets.prior]} if getattr(nets, "prior", None) is not None else {}),
+        **(describe(nets) if describe else {}),
     }
 
 
@@ -324,7 +345,10 @@ def _mnist_task(task: dict) -> dict:
     # D-AnoGAN: its score's two parts alone, on the same networks (reported beside, never chosen on these labels)
     parts = {"residual_only_alpha_0": lambda nets: _score(x_test, nets, alpha=0.0),
              "kl_only_alpha_1": lambda nets: _score(x_test, nets, alpha=1.0)} if cfg.generators > 1 else None
-    out = _fit_and_score(torch.from_numpy(x[train_idx]), x_test, labels, cfg, ablations=parts)
+    normal = labels == 0
+    clusters = (lambda nets: {"clusters": generator_clusters(nets, x_test[torch.from_numpy(normal)],
+                                                             y[test_idx][normal])}) if cfg.generators > 1 else None
+    out = _fit_and_score(torch.from_numpy(x[train_idx]), x_test, labels, cfg, ablations=parts, describe=clusters)
     row = {"anomaly": d, "paper_auprc": PAPER_MNIST_AUPRC.get(d), "n_train": int(len(train_idx)),
            "n_test_normal": int((labels == 0).sum()), "n_test_anomalous": int(labels.sum()), **out}
     if pseudo is not None:
@@ -369,6 +393,9 @@ def _har_task(task: dict) -> dict:
 
     # FLOPs of the deployable scorer (raw window in, transform inside); the transform
     # itself (subtractions, pooling) is not counted, only convolutions and linear layers.
+    normal = labels == 0
+    clusters = (lambda nets: {"clusters": generator_clusters(nets, x_test[torch.from_numpy(normal)],
+                                                             y[test_idx][normal])}) if cfg.generators > 1 else None
     ablations = {"without_level_term": lambda nets: deployable(nets, 0.0)} if level else {}
     if cfg.generators > 1:  # D-AnoGAN: its score's two parts alone, on the same networks
         ablations.update(residual_only_alpha_0=lambda nets: deployable(nets, alpha=0.0),
@@ -377,7 +404,7 @@ def _har_task(task: dict) -> dict:
                          flops_module=lambda nets: ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic,
                                                                  cfg.kappa, level, **_multi(nets)),
                          flops_example=torch.zeros(1, windows.shape[1], windows.shape[2]), score_fn=deployable,
-                         ablations=ablations or None)
+                         ablations=ablations or None, describe=clusters)
     out["level_weight"] = level
     n_train_per_class = {HAR_ACTIVITIES[c - 1]: int((y[train_idx] == c).sum()) for c in np.unique(y[train_idx])}
     row = {"anomaly": name, "transform": task["transform"], "input_shape": list(wt.output_shape()),
@@ -659,15 +686,21 @@ def markdown(results: dict) -> str:
     multi = [r for r in rows if "kl_only_alpha_1" in r.get("ablations", {})]
     if multi:
         out += ["", "D-AnoGAN: the score's two parts alone on the same networks (alpha 0: the residual of the "
-                "classifier's generator; alpha 1: the KL term; HAR: with the level term where the model has one), and the "
-                "learned prior over the generators:", "",
-                "| model | AUPRC | ROC-AUC | alpha 0 AUPRC | alpha 0 ROC-AUC | alpha 1 AUPRC | alpha 1 ROC-AUC | prior |",
-                "|---|---|---|---|---|---|---|---|"]
+                "classifier's generator; alpha 1: the KL term; HAR: with the level term where the model has one), the "
+                "learned prior over the generators, and how the classifier splits the normal test samples' classes "
+                "(digits, activities) between the generators (used: generators picked for 5 % of them or more; purity: "
+                "mean share of a class going to its most frequent generator; NMI: normalised mutual information of "
+                "class and generator):", "",
+                "| model | AUPRC | ROC-AUC | alpha 0 AUPRC | alpha 0 ROC-AUC | alpha 1 AUPRC | alpha 1 ROC-AUC | prior "
+                "| used | purity | NMI |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in multi:
             a0, a1 = r["ablations"]["residual_only_alpha_0"], r["ablations"]["kl_only_alpha_1"]
             name = r["anomaly"] if "transform" not in r else f"{r['anomaly']} / {r['transform']}"
             out.append(f"| {name} | {_f(r['auprc'])} | {_f(r['roc_auc'])} | {_f(a0['auprc'])} | {_f(a0['roc_auc'])} "
-                       f"| {_f(a1['auprc'])} | {_f(a1['roc_auc'])} | {', '.join(f'{v:.2f}' for v in r.get('prior', []))} |")
+                       f"| {_f(a1['auprc'])} | {_f(a1['roc_auc'])} | {', '.join(f'{v:.2f}' for v in r.get('prior', []))} "
+                       f"| {r.get('clusters', {}).get('generators_used', '–')} "
+                       f"| {_f(r.get('clusters', {}).get('purity'), 2)} | {_f(r.get('clusters', {}).get('nmi'), 2)} |")
     flops = sorted({r["flops_per_sample"] for r in rows})
     cfg = results["config"]
     if "arch" in cfg:
