@@ -115,11 +115,15 @@ class Scorer:
         self.graph_form: str = meta.get("stream_detector.graph_form", "plain")
         log.info("model %s:%s loaded with %s (graph form %s)", self.name, self.version, self.provider, self.graph_form)
 
-    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``[B]`` and per-channel scores ``[B, C]`` of raw windows ``[B, W, C]``, one ORT call."""
+    def _checked(self, windows: np.ndarray) -> np.ndarray:
         windows = np.ascontiguousarray(windows, dtype=np.float32)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
             raise ValueError(f"expected windows [batch, {self.window}, {len(self.channels)}], got {list(windows.shape)}")
+        return windows
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``[B]`` and per-channel scores ``[B, C]`` of raw windows ``[B, W, C]``, one ORT call."""
+        windows = self._checked(windows)
         score, channel_scores = self.session.run(["score", "channel_scores"], {"window": windows})
         return score, channel_scores
 
@@ -128,9 +132,7 @@ class Scorer:
         one ORT call."""
         if not self.has_cells:
             return (*self.score(windows), None)
-        windows = np.ascontiguousarray(windows, dtype=np.float32)
-        if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
-            raise ValueError(f"expected windows [batch, {self.window}, {len(self.channels)}], got {list(windows.shape)}")
+        windows = self._checked(windows)
         score, channel_scores, cells = self.session.run(["score", "channel_scores", "cell_scores"],
                                                         {"window": windows})
         return score, channel_scores, Peaks.of(cells)

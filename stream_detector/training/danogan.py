@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nets import Critic, Encoder, Generator, default_sizes, sample_prior
-from .wgan import TrainConfig, TrainedNets, _progress, gradient_penalty, save_checkpoint
+from .wgan import TrainConfig, TrainedNets, _progress, gradient_penalty, save_checkpoint, train_encoder_phase
 
 
 class Prior(nn.Module):
@@ -197,38 +197,24 @@ def train_multi(data: torch.Tensor, cfg: TrainConfig, progress: bool = True,
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
-    opt_e = torch.optim.Adam(Es.parameters(), lr=cfg.encoder_lr, betas=cfg.betas)
-    Es.train()
-    bar = _progress(cfg.encoder_iterations, f"encoders ({cfg.encoder_mode})", progress)
-    for step in range(cfg.encoder_iterations):
+    def loss_e() -> torch.Tensor:
         if cfg.encoder_mode == "ziz":
             k, z = draw()
             with torch.no_grad():
                 x_gen = generate(z, k)
-            loss_e = ((z - route(lambda j, s: Es[j](s), x_gen, k, k_count)) ** 2).mean()
-        else:
-            x = batch()
-            with torch.no_grad():
-                f_x = D.features(x)
-                k = C(f_x).argmax(dim=1)
-            recon = route(lambda j, s: Gs[j](Es[j](s)), x, k, k_count)
-            loss_e = ((x - recon) ** 2).mean()
-            if cfg.encoder_mode == "izi_f":
-                loss_e = loss_e + cfg.kappa * ((f_x - D.features(recon)) ** 2).mean()
-        opt_e.zero_grad(set_to_none=True)
-        loss_e.backward()
-        opt_e.step()
-        if step % cfg.log_every == 0 or step == cfg.encoder_iterations - 1:
-            history["encoder"].append(loss_e.item())
-            bar.set_postfix(loss=f"{history['encoder'][-1]:.4f}")
-        bar.update(1)
-        if cfg.max_seconds is not None and time.monotonic() - started > cfg.max_seconds:
-            stopped_early = True
-            break
-    bar.close()
-    Es.eval()
-    for p in Es.parameters():
-        p.requires_grad_(False)
+            return ((z - route(lambda j, s: Es[j](s), x_gen, k, k_count)) ** 2).mean()
+        x = batch()
+        with torch.no_grad():
+            f_x = D.features(x)
+            k = C(f_x).argmax(dim=1)
+        recon = route(lambda j, s: Gs[j](Es[j](s)), x, k, k_count)
+        loss = ((x - recon) ** 2).mean()
+        if cfg.encoder_mode == "izi_f":
+            loss = loss + cfg.kappa * ((f_x - D.features(recon)) ** 2).mean()
+        return loss
+
+    stopped_early |= train_encoder_phase(Es, loss_e, cfg, history, started, progress,
+                                         f"encoders ({cfg.encoder_mode})")
     probs = [float(v) for v in prior.probs()]
     nets = TrainedNets(Gs, D, Es, cfg, history, stopped_early=stopped_early,
                        seconds={"gan": gan_seconds, "encoder": time.monotonic() - started - gan_seconds},

@@ -188,12 +188,30 @@ def train(data: torch.Tensor, cfg: TrainConfig, progress: bool = True,
     D.eval()
     for p in list(G.parameters()) + list(D.parameters()):
         p.requires_grad_(False)
-    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.encoder_lr, betas=cfg.betas)
-    E.train()
-    bar = _progress(cfg.encoder_iterations, f"encoder ({cfg.encoder_mode})", progress)
-    for step in range(cfg.encoder_iterations):
+    def loss_e() -> torch.Tensor:
         z = sample_prior(cfg.batch_size, cfg.latent_dim, gen) if cfg.encoder_mode == "ziz" else None
-        loss_e = encoder_loss(cfg.encoder_mode, batch(), E, G, D, cfg.kappa, z)
+        return encoder_loss(cfg.encoder_mode, batch(), E, G, D, cfg.kappa, z)
+
+    stopped_early |= train_encoder_phase(E, loss_e, cfg, history, started, progress, f"encoder ({cfg.encoder_mode})")
+    nets = TrainedNets(G, D, E, cfg, history, stopped_early=stopped_early,
+                       seconds={"gan": gan_seconds, "encoder": time.monotonic() - started - gan_seconds})
+    if checkpoint_dir:
+        save_checkpoint(checkpoint_dir / "final.pt", G=G, D=D, E=E)
+    return nets
+
+
+def train_encoder_phase(encoder: nn.Module, loss_fn, cfg: TrainConfig, history: dict, started: float,
+                        progress: bool, desc: str) -> bool:
+    """The encoder phase of every trainer (one encoder or D-AnoGAN's K): Adam on ``loss_fn()``
+    for ``cfg.encoder_iterations`` steps within the run's wall-clock budget (counted from
+    ``started``), logged in ``history["encoder"]``; leaves the encoder frozen in eval mode.
+    Returns whether the budget stopped it."""
+    opt_e = torch.optim.Adam(encoder.parameters(), lr=cfg.encoder_lr, betas=cfg.betas)
+    encoder.train()
+    stopped = False
+    bar = _progress(cfg.encoder_iterations, desc, progress)
+    for step in range(cfg.encoder_iterations):
+        loss_e = loss_fn()
         opt_e.zero_grad(set_to_none=True)
         loss_e.backward()
         opt_e.step()
@@ -202,17 +220,13 @@ def train(data: torch.Tensor, cfg: TrainConfig, progress: bool = True,
             bar.set_postfix(loss=f"{history['encoder'][-1]:.4f}")
         bar.update(1)
         if cfg.max_seconds is not None and time.monotonic() - started > cfg.max_seconds:
-            stopped_early = True
+            stopped = True
             break
     bar.close()
-    E.eval()
-    for p in E.parameters():
+    encoder.eval()
+    for p in encoder.parameters():
         p.requires_grad_(False)
-    nets = TrainedNets(G, D, E, cfg, history, stopped_early=stopped_early,
-                       seconds={"gan": gan_seconds, "encoder": time.monotonic() - started - gan_seconds})
-    if checkpoint_dir:
-        save_checkpoint(checkpoint_dir / "final.pt", G=G, D=D, E=E)
-    return nets
+    return stopped
 
 
 def save_checkpoint(path: Path, **modules: nn.Module) -> None:
