@@ -19,6 +19,9 @@ import numpy as np
 
 from .errors import UserError
 
+# export.SCORE_KINDS, spelled out here: the training modules import torch, the CLI must not
+SCORE_KINDS = ("fanogan", "critic", "combined", "forecast", "hybrid")
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -63,7 +66,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(arch=args.arch, width=args.width, latent_dim=args.latent, iterations=args.iterations,
                       encoder_iterations=args.encoder_iterations, encoder_mode=args.encoder_mode, kappa=args.kappa,
                       seed=args.seed, max_seconds=args.max_seconds, batch_size=args.batch_size,
-                      generators=args.generators, alpha=args.alpha)
+                      generators=args.generators, alpha=args.alpha,
+                      forecast_horizon=args.forecast_horizon or 0, forecast_iterations=args.forecast_iterations or 0)
+    if args.forecast_horizon is not None and not 1 <= args.forecast_horizon < args.window:
+        raise UserError(f"--forecast-horizon must be at least 1 and shorter than --window ({args.window}), "
+                        f"got {args.forecast_horizon}")
     try:
         card = fit_series_model(values, channels, Path(args.out), window=args.window, stride=args.stride,
                                 transform=args.transform, cfg=cfg, plot_size=args.plot_size, name=args.name,
@@ -437,10 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--level-weight", type=float, help="weight of the level term in the score (how far a window leaves "
                    "the training range; default 1.0 for distance plots, which cannot see a level shift without it, "
                    "0 for sequence)")
-    t.add_argument("--score", choices=["fanogan", "critic", "combined"], default="fanogan",
+    t.add_argument("--score", choices=SCORE_KINDS, default="fanogan",
                    help="the window score: fanogan (residual + kappa * critic-feature distance), critic (the "
-                   "critic's own output, -D(x)), or combined (fanogan + the critic's score standardised on the "
-                   "training windows)")
+                   "critic's own output, -D(x)), combined (fanogan + the critic's score standardised on the "
+                   "training windows), forecast (the error of a forecaster that predicts each window's last "
+                   "steps from its first), or hybrid (fanogan + the forecast error standardised on the training "
+                   "windows)")
+    t.add_argument("--forecast-horizon", type=int, metavar="H",
+                   help="forecast kinds: steps predicted at the end of each window (default: window / 8)")
+    t.add_argument("--forecast-iterations", type=_positive_int, metavar="N",
+                   help="forecast kinds: the forecaster's Adam steps (default: as many as --encoder-iterations)")
     t.add_argument("--generators", type=int, default=1, metavar="K",
                    help="D-AnoGAN (research 002): K generators and encoders with a learned prior over them and a "
                    "classifier on the critic's features, for normal data with several modes; the graph runs all K "

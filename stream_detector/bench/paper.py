@@ -227,14 +227,14 @@ def _score(x, nets, batch: int = 1024, alpha: float | None = None) -> np.ndarray
 
 
 def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) -> dict:
-    """The same trained networks scored each way of :data:`~stream_detector.training.export.SCORE_KINDS`
+    """The same trained networks scored each way of :data:`~stream_detector.training.export.GAN_SCORE_KINDS`
     (fanogan, critic, combined standardised on the training samples, as ``train --score`` does),
     on transformed inputs (no level term): AUPRC, ROC-AUC and logAUC (research document 003's)
     per kind."""
     import torch
 
     from ..training.evaluation import log_auc
-    from ..training.export import SCORE_KINDS, combine, critic_standardisation, score_parts
+    from ..training.export import GAN_SCORE_KINDS, combine, critic_standardisation, score_parts
 
     def parts(x):
         with torch.no_grad():
@@ -246,7 +246,7 @@ def score_kinds(nets, x_train, x_test, labels: np.ndarray, batch: int = 1024) ->
     on_test = parts(x_test)
     standard = critic_standardisation(*parts(x_train)[:2])
     out = {}
-    for kind in SCORE_KINDS:
+    for kind in GAN_SCORE_KINDS:
         scores = combine(kind, on_test, **standard).numpy().astype(np.float64)
         ok = np.isfinite(scores)
         out[kind] = {"auprc": float(auprc(labels[ok], scores[ok])), "roc_auc": float(roc_auc(labels[ok], scores[ok])),

@@ -21,6 +21,13 @@ C(f(G_k(E_k(x)))))``, with ``C`` the classifier on the critic's features and ``k
 all K encoder/generator pairs run on every window, so the graph costs about K times a single
 pair's reconstruction.
 
+* ``forecast`` / ``hybrid`` (:mod:`.forecast`): the error of a small forecaster that predicts
+  the window's last steps from its first (research document 000's forecast, AER's second
+  half), alone or added to the fanogan score standardised on the training windows
+  (``fanogan + forecast_scale * (forecast - forecast_mean)``); its squared errors are
+  ``cell_scores`` (``forecast``) or join them (``hybrid``), so the root cause points at the
+  steps the forecast missed;
+
 plus, for every kind, the level term ``lambda * A_L``: the mean over channels of
 :meth:`~.transforms.WindowTransform.range_excess` (how far the raw window leaves the training
 range; ``lambda`` is the card's ``level_weight``, 0 for none).
@@ -28,8 +35,9 @@ range; ``lambda`` is the card's ``level_weight``, 0 for none).
 Root cause: ``cell_scores [B, C, W]`` maps ``A_R``'s residual (and the level term) back onto
 the raw window's channels and time steps (:meth:`~.transforms.WindowTransform.cell_attribution`),
 and ``channel_scores [B, C]`` is its mean over time, so an alert can say which channel and
-when.  Both come from the residual whatever the score kind: the critic gives one number per
-window and cannot be split.  ``critic_score [B]`` is ``-D(x)``, always in the graph.
+when.  Both come from the residual for the GAN's kinds (the critic gives one number per
+window and cannot be split), from the forecast errors for the forecast kinds.
+``critic_score [B]`` is ``-D(x)``, always in the graph.
 
 Sequence conv scorers are written in the form of :mod:`.onnx_graph` (the same function,
 re-expressed for ONNX Runtime's fast CPU kernels, checked against the plain export at every
@@ -45,11 +53,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .forecast import FORECAST_KINDS, Forecaster
 from .nets import Critic, Encoder, Generator
 from .transforms import WindowTransform
 
 OUTPUTS = ("score", "channel_scores", "transformed", "reconstruction", "cell_scores", "critic_score")
-SCORE_KINDS = ("fanogan", "critic", "combined")
+GAN_SCORE_KINDS = ("fanogan", "critic", "combined")  # made from the GAN's parts alone (:func:`combine`)
+SCORE_KINDS = GAN_SCORE_KINDS + FORECAST_KINDS
 
 
 class ScoreParts(NamedTuple):
@@ -125,11 +135,18 @@ def anomaly_scores(x: torch.Tensor, encoder: Encoder, generator: Generator, crit
     return parts.fanogan, parts.residual, parts.reconstruction
 
 
+def standardisation(fanogan: torch.Tensor, other: torch.Tensor, name: str = "critic") -> dict:
+    """``<name>_mean`` and ``<name>_scale`` that put ``other`` (the critic's or the forecast's
+    score of the training windows) on the scale of their fanogan score:
+    ``fanogan + scale * (other - mean)`` counts each alike."""
+    o_std = float(other.std())
+    return {f"{name}_mean": float(other.mean()),
+            f"{name}_scale": float(fanogan.std()) / o_std if o_std > 0 else 0.0}
+
+
 def critic_standardisation(fanogan: torch.Tensor, critic: torch.Tensor) -> dict:
     """``critic_mean`` and ``critic_scale`` of the ``combined`` score from training windows' parts."""
-    c_std = float(critic.std())
-    return {"critic_mean": float(critic.mean()),
-            "critic_scale": float(fanogan.std()) / c_std if c_std > 0 else 0.0}
+    return standardisation(fanogan, critic, "critic")
 
 
 class ScoringNetwork(nn.Module):
@@ -138,13 +155,18 @@ class ScoringNetwork(nn.Module):
     def __init__(self, transform: WindowTransform, encoder: Encoder, generator: Generator, critic: Critic,
                  kappa: float, level_weight: float = 0.0, score_kind: str = "fanogan",
                  critic_mean: float = 0.0, critic_scale: float = 1.0, classifier: nn.Module | None = None,
-                 alpha: float = 0.9, score_channels: list[int] | None = None):
+                 alpha: float = 0.9, score_channels: list[int] | None = None,
+                 forecaster: Forecaster | None = None, forecast_mean: float = 0.0, forecast_scale: float = 1.0):
         """``score_channels``: the indices of the channels the score is about (a model conditioned
         on the others: the networks see every channel, ``A_R``, the level term, ``channel_scores``
-        and ``cell_scores`` count only these); None: all."""
+        and ``cell_scores`` count only these); None: all.  ``forecaster``: needed by the
+        forecast kinds (it predicts the score channels)."""
         super().__init__()
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+        if (score_kind in FORECAST_KINDS) != (forecaster is not None):
+            raise ValueError(f"score kind {score_kind!r} " + ("needs a forecaster" if forecaster is None
+                                                             else "has no use for a forecaster"))
         self.transform = transform
         self.encoder, self.generator, self.critic = encoder, generator, critic
         self.kappa = float(kappa)
@@ -153,6 +175,8 @@ class ScoringNetwork(nn.Module):
         self.critic_mean, self.critic_scale = float(critic_mean), float(critic_scale)
         self.classifier, self.alpha = classifier, float(alpha)  # D-AnoGAN: K encoders/generators and C
         self.score_channels = None if score_channels is None else sorted({int(c) for c in score_channels})
+        self.forecaster = forecaster
+        self.forecast_mean, self.forecast_scale = float(forecast_mean), float(forecast_scale)
         if self.score_channels is not None:
             n = transform.n_channels
             if not self.score_channels or self.score_channels[0] < 0 or self.score_channels[-1] >= n:
@@ -171,15 +195,26 @@ class ScoringNetwork(nn.Module):
         standardisation (used by the graph for ``combined``; recorded for every kind, so that
         ``score + critic_scale * (critic_score - critic_mean)`` gives the combined score of any
         model from its two outputs)."""
-        return {"kind": self.score_kind, "critic_mean": self.critic_mean, "critic_scale": self.critic_scale}
+        spec = {"kind": self.score_kind, "critic_mean": self.critic_mean, "critic_scale": self.critic_scale}
+        if self.forecaster is not None:
+            spec["forecast"] = {**self.forecaster.spec(), "mean": self.forecast_mean, "scale": self.forecast_scale}
+        return spec
 
     def forward(self, window: torch.Tensor):
         x = self.transform(window)
         weights = self.score_weights if self.score_channels is not None else None
         parts = score_parts(x, self.encoder, self.generator, self.critic, self.kappa, self.classifier, self.alpha,
                             weights)
-        score = combine(self.score_kind, parts, self.critic_mean, self.critic_scale)
         cells = self.transform.cell_attribution(window, parts.residual)  # [B, C, W]
+        if self.forecaster is None:
+            score = combine(self.score_kind, parts, self.critic_mean, self.critic_scale)
+        else:
+            forecast, forecast_cells = self.forecaster.score_and_cells(self.transform.normalise(window))
+            if self.score_kind == "forecast":
+                score, cells = forecast, forecast_cells  # the root cause of this score: the missed steps
+            else:  # hybrid
+                score = parts.fanogan + self.forecast_scale * (forecast - self.forecast_mean)
+                cells = cells + self.forecast_scale * forecast_cells
         if self.level_weight:
             excess = self.level_weight * self.transform.range_excess_cells(window)  # [B, C, W]
             score = score + (excess.mean(dim=(1, 2)) if weights is None else (excess.mean(dim=2) * weights).sum(dim=1))
@@ -219,17 +254,25 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
         classifier = classifier_for(critic, k)
     else:
         encoder, generator = Encoder(arch, shape, width, latent), Generator(arch, shape, width, latent)
+    forecaster, fc = None, sc.get("forecast")
+    if fc:
+        from .forecast import forecaster_from_spec
+
+        forecaster = forecaster_from_spec(fc, card.window, len(card.channels))
     scorer = ScoringNetwork(wt, encoder, generator, critic, float(sc.get("kappa", 1.0)),
                             float(sc.get("level_weight", 0.0)), sc.get("kind", "fanogan"),
                             float(sc.get("critic_mean", 0.0)), float(sc.get("critic_scale", 1.0)),
                             classifier, float(sc.get("alpha", cfg.get("alpha", 0.9))),
-                            [card.channels.index(c) for c in sc["channels"]] if sc.get("channels") else None)
+                            [card.channels.index(c) for c in sc["channels"]] if sc.get("channels") else None,
+                            forecaster, float(fc.get("mean", 0.0)) if fc else 0.0,
+                            float(fc.get("scale", 1.0)) if fc else 1.0)
     params, eps = onnx_graph.state_dict_params(onnx.load(str(Path(model_dir) / "model.onnx")))
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     missing, unexpected = scorer.load_state_dict(state, strict=False)
     # the score channels' mask and weights come from the card (the exporter may fold them into
     # constants of its own name)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("score_")]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("score_")
+               and k != "forecaster.pick"]
     unexpected = [k for k in unexpected if not k.startswith("onnx::")]
     if any(k.startswith("critic.head.") for k in missing):
         # Graphs exported before the critic score was an output do not carry the critic's head:
@@ -274,8 +317,9 @@ def export_onnx(scorer: ScoringNetwork, window: int, n_channels: int, path: Path
             opset_version=opset, dynamo=False,
         )
     graph, form = buf.getvalue(), onnx_graph.PLAIN
-    # the fast form has no A_L, and one encoder/generator pair without a classifier
-    if optimise and scorer.transform.kind == "sequence" and not scorer.level_weight and scorer.classifier is None:
+    # the fast form has no A_L, no forecaster, and one encoder/generator pair without a classifier
+    if (optimise and scorer.transform.kind == "sequence" and not scorer.level_weight and scorer.classifier is None
+            and scorer.forecaster is None):
         try:
             graph = onnx_graph.optimise(graph, window, n_channels, scorer.kappa, onnx_graph.params_from_torch(scorer),
                                         scorer.score_spec())

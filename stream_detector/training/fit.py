@@ -109,13 +109,16 @@ def threshold_spec(method: str, calib_scores: np.ndarray, quantile: float = 0.99
 
 
 FANOGAN = "mean((x - G(E(x)))^2) + kappa * mean((f(x) - f(G(E(x))))^2)"
+FORECAST = "mean_(t, c)((F(s[:W-H])_(t, c) - s[W-H:]_(t, c))^2) over the last H steps of the scored channels"
 SCORE_FORMULAS = {"fanogan": FANOGAN, "critic": "-D(x)",
-                  "combined": f"{FANOGAN} + critic_scale * (-D(x) - critic_mean)"}
+                  "combined": f"{FANOGAN} + critic_scale * (-D(x) - critic_mean)",
+                  "forecast": FORECAST, "hybrid": f"{FANOGAN} + forecast_scale * ({FORECAST} - forecast_mean)"}
 # D-AnoGAN (train --generators K > 1): research document 002's score, k = argmax_k C(f(x))_k
 DANOGAN = ("(1 - alpha) * mean((x - G_k(E_k(x)))^2) + alpha * KL(C(f(x)) || C(f(G_k(E_k(x)))))"
            " with k = argmax C(f(x)), C = softmax of the classifier on the critic's features")
 MULTI_SCORE_FORMULAS = {"fanogan": DANOGAN, "critic": "-D(x)",
-                        "combined": f"{DANOGAN} + critic_scale * (-D(x) - critic_mean)"}
+                        "combined": f"{DANOGAN} + critic_scale * (-D(x) - critic_mean)",
+                        "forecast": FORECAST, "hybrid": f"{DANOGAN} + forecast_scale * ({FORECAST} - forecast_mean)"}
 
 
 def default_level_weight(transform: str) -> float:
@@ -144,7 +147,8 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     see every channel; see :class:`~.export.ScoringNetwork`)."""
     import torch
 
-    from .export import SCORE_KINDS, ScoringNetwork, critic_standardisation, export_onnx, score_parts
+    from .export import SCORE_KINDS, ScoringNetwork, critic_standardisation, export_onnx, score_parts, standardisation
+    from .forecast import FORECAST_KINDS, default_horizon, train_forecaster
     from .nets import count_flops
     from .transforms import WindowTransform, fit_normalisation, fit_window_mean_range
     from .wgan import config_dict, train
@@ -186,10 +190,23 @@ def fit_series_model(values: np.ndarray | list[np.ndarray], channels: list[str],
     with torch.no_grad():
         parts = [score_parts(x[i:i + 1024], nets.encoder, nets.generator, nets.critic, cfg.kappa, nets.classifier,
                              cfg.alpha, weights) for i in range(0, len(x), 1024)]
-    standardise = critic_standardisation(torch.cat([q.fanogan for q in parts]), torch.cat([q.critic for q in parts]))
+    fanogan = torch.cat([q.fanogan for q in parts])
+    standardise = critic_standardisation(fanogan, torch.cat([q.critic for q in parts]))
+    forecast = {}
+    if score_kind in FORECAST_KINDS:
+        with torch.no_grad():
+            normalised = wt.normalise(torch.from_numpy(np.ascontiguousarray(train_windows)))
+        forecaster, losses = train_forecaster(normalised, cfg.forecast_horizon or default_horizon(window), scored,
+                                              cfg.forecast_iterations or cfg.encoder_iterations, cfg.seed,
+                                              cfg.batch_size, hidden=cfg.forecast_hidden, progress=progress)
+        nets.history["forecast"] = losses
+        with torch.no_grad():
+            errors = torch.cat([forecaster.score_and_cells(normalised[i:i + 1024])[0]
+                                for i in range(0, len(normalised), 1024)])
+        forecast = {"forecaster": forecaster, **standardisation(fanogan, errors, "forecast")}
     scorer = ScoringNetwork(wt, nets.encoder, nets.generator, nets.critic, cfg.kappa, level, score_kind,
                             score_channels=scored, **standardise,
-                            classifier=nets.classifier, alpha=cfg.alpha)
+                            classifier=nets.classifier, alpha=cfg.alpha, **forecast)
     multi = nets.classifier is not None
     form = export_onnx(scorer, window, len(channels), out_dir / "model.onnx")
     flops = count_flops(scorer, torch.zeros(1, window, len(channels)))

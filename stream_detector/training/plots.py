@@ -29,11 +29,14 @@ def _smooth(values: Sequence[float], k: int = 25) -> np.ndarray:
 
 
 def plot_training_curves(history: dict, path) -> Path:
-    """Wasserstein estimate, gradient penalty and generator loss per generator step, and the
-    encoder loss per encoder step (raw in light colour, a moving average on top)."""
+    """Wasserstein estimate, gradient penalty and generator loss per generator step, the
+    encoder loss per encoder step and, for the forecast score kinds, the forecaster's loss
+    (raw in light colour, a moving average on top)."""
     panels = [("wasserstein", "Wasserstein estimate"), ("gradient_penalty", "gradient penalty"),
               ("generator", "generator loss"), ("encoder", "encoder loss")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    if history.get("forecast"):
+        panels.append(("forecast", "forecaster loss"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
         v = history.get(key) or []
         ax.set_title(title)
@@ -44,7 +47,7 @@ def plot_training_curves(history: dict, path) -> Path:
         ax.plot(v, color="tab:blue", alpha=0.3, lw=0.8)
         s = _smooth(v)
         ax.plot(np.arange(len(s)) + (len(v) - len(s)) // 2, s, color="tab:blue", lw=1.5)
-        if key == "encoder" and min(v) > 0:
+        if key in ("encoder", "forecast") and min(v) > 0:
             ax.set_yscale("log")
     return _save(fig, path)
 

@@ -57,6 +57,10 @@ class TrainConfig:
     prior_entropy_weight: float = 1000.0  # 002's bandit: entropy bonus weight ...
     prior_entropy_decay: float = 0.999  # ... times decay ** step
     prior_lr: float = 1e-3  # 002's bandit learning rate
+    # The forecaster of the forecast score kinds (training/forecast.py), trained after the GAN
+    forecast_horizon: int = 0  # steps predicted; 0: forecast.default_horizon(window)
+    forecast_iterations: int = 0  # Adam steps; 0: as many as encoder_iterations
+    forecast_hidden: int = 64
 
     def __post_init__(self) -> None:
         if self.encoder_mode not in ENCODER_MODES:
