@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from stream_detector.bench import paper  # noqa: E402
+from stream_detector.errors import UserError  # noqa: E402
 
 PER_CLASS = 30  # samples of each class written to the fake files
 LIMIT = 20  # --limit-per-class used by the runs
@@ -157,6 +158,23 @@ def test_har_protocol_both_transforms_via_cli(data_dir, tmp_path, captured):
     assert set(out["config"]) == {"distance-plot", "sequence"}
     md = (tmp_path / "paper_har.md").read_text()
     assert "| WALKING_DOWNSTAIRS | sequence |" in md and "| WALKING_DOWNSTAIRS | distance-plot |" in md
+
+
+def test_har_level_weight_sweep_scores_the_same_networks(data_dir, tmp_path):
+    code = paper.main(["har", "--activities", "LAYING", "--transforms", "distance-plot", "--limit-per-class",
+                       str(LIMIT), "--iterations", "10", "--encoder-iterations", "10", "--batch-size", "16",
+                       "--max-seconds", "0", "--level-weights", "0,1,30", "--validation", "--data", str(data_dir),
+                       "--out-dir", str(tmp_path), "--quiet"])
+    assert code == 0
+    out = json.loads((tmp_path / "paper_har_validation.json").read_text())
+    (row,) = out["results"]
+    ab = row["ablations"]
+    assert row["level_weight"] == 1.0 and "level_weight_1" not in ab  # the run's own weight is the row itself
+    assert ab["level_weight_0"]["auprc"] == pytest.approx(ab["without_level_term"]["auprc"])
+    assert "level_weight_30" in ab and row["validation_pseudo_anomaly"] != "LAYING"
+    assert "weight 30 AUPRC" in (tmp_path / "paper_har_validation.md").read_text()
+    with pytest.raises(UserError, match="--level-weights must be 0 or more"):
+        paper.main(["har", "--level-weights", "1,-2", "--data", str(data_dir), "--out-dir", str(tmp_path)])
 
 
 def test_validation_split_never_touches_the_benchmark_test_set():

@@ -53,6 +53,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from .framework import Benchmark, Report, write_report
 from .machine import cpu_model
 
@@ -397,6 +398,9 @@ def _har_task(task: dict) -> dict:
     clusters = (lambda nets: {"clusters": generator_clusters(nets, x_test[torch.from_numpy(normal)],
                                                              y[test_idx][normal])}) if cfg.generators > 1 else None
     ablations = {"without_level_term": lambda nets: deployable(nets, 0.0)} if level else {}
+    for w in task.get("level_weights") or ():  # a sweep on the same networks (choose it on --validation runs)
+        if w != level:
+            ablations[f"level_weight_{w:g}"] = lambda nets, w=w: deployable(nets, w)
     if cfg.generators > 1:  # D-AnoGAN: its score's two parts alone, on the same networks
         ablations.update(residual_only_alpha_0=lambda nets: deployable(nets, alpha=0.0),
                          kl_only_alpha_1=lambda nets: deployable(nets, alpha=1.0))
@@ -553,12 +557,14 @@ def run_har(activities: Iterable[str | int] | None = None, *, transforms: Sequen
             seed: int = 0, max_seconds: float | None = 130.0, train_fraction: float = 0.7, plot_size: int = 32,
             jobs: int = 1, threads: int = 1, limit_per_class: int | None = None, root: str | Path | None = None,
             progress: bool = False, validation: bool = False, level_weight: float | None = None,
-            **config: Any) -> dict:
+            level_weights: Sequence[float] = (), **config: Any) -> dict:
     """One model per (anomalous activity, transform); returns the result dict for :func:`write_results`.
 
     Scores come from the deployable scorer on raw windows (``ScoringNetwork``: the transform, the
     networks and the level term ``level_weight``; ``None``: 1.0 for distance plots, 0 for
-    sequences); with a level term the same networks are also scored without it (``ablations``).
+    sequences); with a level term the same networks are also scored without it and with each of
+    ``level_weights`` (``ablations``: a sweep that costs no training, to choose the weight on
+    ``validation`` runs).
 
     ``config`` overrides :data:`HAR_CONFIG` for every transform; ``validation`` runs the
     tuning stand-in of :func:`protocol_split` instead of the benchmark.
@@ -571,7 +577,7 @@ def run_har(activities: Iterable[str | int] | None = None, *, transforms: Sequen
     tasks = [{"kind": "har", "anomaly": a, "transform": t, "cfg": cfgs[t], "seed": seed,
               "train_fraction": train_fraction, "plot_size": plot_size, "limit": limit_per_class,
               "root": str(root) if root else None, "threads": threads, "validation": validation,
-              "level_weight": level_weight}
+              "level_weight": level_weight, "level_weights": [float(w) for w in level_weights]}
              for a in names for t in transforms]
     _require(har_path(root))
     machine = machine_info(jobs, threads)
@@ -676,6 +682,13 @@ def markdown(results: dict) -> str:
             out += ["", "The same trained networks scored without the level term (ablation): "
                     + "; ".join(f"{r['anomaly']} {r['transform']} AUPRC {r['ablations']['without_level_term']['auprc']:.3f} "
                                 f"(with it {r['auprc']:.3f}, weight {r['level_weight']})" for r in ablated) + "."]
+        swept = [r for r in rows if any(k.startswith("level_weight_") for k in r.get("ablations", {}))]
+        if swept:
+            out += ["", "The same trained networks with other level weights (--level-weights): "
+                    + "; ".join(f"{r['anomaly']} {r['transform']}: " + ", ".join(
+                        f"weight {k[len('level_weight_'):]} AUPRC {v['auprc']:.3f}" for k, v in r["ablations"].items()
+                        if k.startswith("level_weight_")) + f" (weight {r['level_weight']:g}: {r['auprc']:.3f})"
+                                for r in swept) + "."]
         for name, note in (("LAYING", "paper 0.70, project target 0.95"),
                            ("WALKING_DOWNSTAIRS", "the paper's distance plots failed here")):
             found = [r for r in rows if r["anomaly"] == name]
@@ -752,6 +765,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level-weight", type=float, help="har: weight of the level term in the score (default 1.0 for "
                    "distance plots, 0 for sequences)")
+    p.add_argument("--level-weights", help="har: comma-separated level weights to score the same trained networks "
+                   "with as well (a sweep that costs no training; choose the weight on --validation runs)")
     p.add_argument("--jobs", type=int, default=1, help="models trained in parallel (worker processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per model")
     p.add_argument("--pool", choices=("train", "test", "both"), default="train", help="mnist: which images to use")
@@ -777,7 +792,14 @@ def run_from_args(args: argparse.Namespace) -> Report:
         results = run_mnist(digits, pool=args.pool, **common)
     else:
         acts = args.activities.split(",") if args.activities else None
-        results = run_har(acts, transforms=args.transforms.split(","), level_weight=args.level_weight, **common)
+        try:
+            sweep = [float(w) for w in args.level_weights.split(",")] if args.level_weights else []
+        except ValueError:
+            raise UserError(f"--level-weights: expected comma-separated numbers, got {args.level_weights!r}") from None
+        if any(not w >= 0 for w in sweep):
+            raise UserError(f"--level-weights must be 0 or more, got {args.level_weights!r}")
+        results = run_har(acts, transforms=args.transforms.split(","), level_weight=args.level_weight,
+                          level_weights=sweep, **common)
     stem = f"paper_{args.benchmark}{args.tag or ('_validation' if args.validation else '')}"
     if not args.quiet:
         print(markdown(results))
