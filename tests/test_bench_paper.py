@@ -134,6 +134,13 @@ def test_mnist_protocol_end_to_end(data_dir, tmp_path, captured):
         assert all(0.0 <= k[m] <= 1.0 for k in kinds.values() for m in ("auprc", "roc_auc", "log_auc"))
     assert set(s["score_kinds"]) == {"fanogan", "critic", "combined"}
     assert "critic logAUC" in md and "combined AUPRC" in md
+    # the peers on the same split (tests/test_peers.py checks what they find)
+    for r in out["results"]:
+        assert set(r["peers"]) == {"zscore", "iforest"}
+        assert all(0.0 <= p[m] <= 1.0 for p in r["peers"].values() for m in ("auprc", "roc_auc"))
+    assert s["peers"]["iforest"]["auprc"] == pytest.approx(np.mean([r["peers"]["iforest"]["auprc"]
+                                                                    for r in out["results"]]))
+    assert "| 1 |" in md and "iforest AUPRC" in md and "model AUPRC" in md
 
 
 def test_har_protocol_both_transforms_via_cli(data_dir, tmp_path, captured):

@@ -89,3 +89,20 @@ def test_lstm_on_a_training_split_shorter_than_its_history_halves_the_history():
     assert p.history == 30
     s = p.score(synthetic_series(100, seed=2))
     assert np.isnan(s[:30]).all() and np.isfinite(s[30:]).all()
+
+
+def test_sample_peers_rank_an_outlying_sample_first_and_are_seeded():
+    from stream_detector.bench.peers import sample_peer_scores
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (200, 16, 3))
+    test = rng.normal(0, 1, (40, 16, 3))
+    test[7, :, 2] += 5.0  # one sample leaves the normal range on one channel
+    a = sample_peer_scores(train, test, seed=1)
+    b = sample_peer_scores(train, test, seed=1)
+    c = sample_peer_scores(train, test, seed=2)
+    assert set(a) == {"zscore", "iforest"}
+    for name in a:
+        assert np.argmax(a[name]) == 7 and a[name].shape == (40,)
+        assert np.array_equal(a[name], b[name])
+    assert not np.array_equal(a["iforest"], c["iforest"])

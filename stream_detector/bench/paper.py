@@ -17,6 +17,10 @@ Protocols (both seeded by one integer, the same seed for the splits and the netw
   only; the windows are scored through the ``distance-plot`` transform (128 steps pooled
   to a 32 x 32 plot per channel) and through the ``sequence`` transform.
 
+Every row also scores the same split with the trivial peers (:func:`.peers.sample_peer_scores`:
+the largest ``|z|`` and an IsolationForest), so the model is judged against what a user would
+pick instead.
+
 Tuning never looks at a benchmark test set: ``validation=True`` (``--validation``) drops
 the benchmark's test samples and runs the same one-class protocol *inside the training
 pool*, with the next normal class as a pseudo-anomaly (:func:`protocol_split`).
@@ -274,6 +278,18 @@ def generator_clusters(nets, x, classes: np.ndarray, batch: int = 1024) -> dict:
             "generators_used": int((np.bincount(pick, minlength=k) >= 0.05 * len(pick)).sum())}
 
 
+def _peers(train: np.ndarray, test: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """The peers (:data:`~.peers.SAMPLE_PEERS`) on the same split as the model: AUPRC and ROC-AUC."""
+    from .peers import sample_peer_scores
+
+    auprc, roc_auc, _ = metric_functions()
+    started = time.monotonic()
+    scores = sample_peer_scores(train, test, seed)
+    seconds = round(time.monotonic() - started, 2)
+    return {name: {"auprc": float(auprc(labels, s)), "roc_auc": float(roc_auc(labels, s)), "seconds": seconds}
+            for name, s in scores.items()}
+
+
 def _fit_and_score(x_train, x_test, labels: np.ndarray, cfg, flops_module=None, flops_example=None,
                    score_fn=None, ablations=None, describe=None) -> dict:
     """Train on ``x_train`` (transformed), score ``x_test`` (or ``score_fn(nets)``: e.g. the
@@ -351,7 +367,9 @@ def _mnist_task(task: dict) -> dict:
                                                              y[test_idx][normal])}) if cfg.generators > 1 else None
     out = _fit_and_score(torch.from_numpy(x[train_idx]), x_test, labels, cfg, ablations=parts, describe=clusters)
     row = {"anomaly": d, "paper_auprc": PAPER_MNIST_AUPRC.get(d), "n_train": int(len(train_idx)),
-           "n_test_normal": int((labels == 0).sum()), "n_test_anomalous": int(labels.sum()), **out}
+           "n_test_normal": int((labels == 0).sum()), "n_test_anomalous": int(labels.sum()), **out,
+           "peers": _peers(x[train_idx].reshape(len(train_idx), 1, -1), x[test_idx].reshape(len(test_idx), 1, -1),
+                           labels, task["seed"])}
     if pseudo is not None:
         row["validation_pseudo_anomaly"] = pseudo
     return row
@@ -414,7 +432,8 @@ def _har_task(task: dict) -> dict:
     row = {"anomaly": name, "transform": task["transform"], "input_shape": list(wt.output_shape()),
            "paper_auprc": PAPER_HAR_AUPRC.get(name), "n_train": int(len(train_idx)),
            "n_train_per_activity": n_train_per_class, "n_test_normal": int((labels == 0).sum()),
-           "n_test_anomalous": int(labels.sum()), **out}
+           "n_test_anomalous": int(labels.sum()), **out,
+           "peers": _peers(windows[train_idx], windows[test_idx], labels, task["seed"])}
     if pseudo is not None:
         row["validation_pseudo_anomaly"] = HAR_ACTIVITIES[pseudo - 1]
     return row
@@ -469,6 +488,31 @@ def _summary(rows: list[dict]) -> dict:
     if all("score_kinds" in r for r in rows):
         out["score_kinds"] = {kind: {m: float(np.mean([r["score_kinds"][kind][m] for r in rows]))
                                      for m in ("auprc", "roc_auc", "log_auc")} for kind in rows[0]["score_kinds"]}
+    if all("peers" in r for r in rows):
+        out["peers"] = {name: {m: float(np.mean([r["peers"][name][m] for r in rows])) for m in ("auprc", "roc_auc")}
+                        for name in rows[0]["peers"]}
+    return out
+
+
+def _peers_table(rows: list[dict], what: str) -> list[str]:
+    """The model beside its peers (issue 10) on the same splits."""
+    rows = [r for r in rows if "peers" in r]
+    if not rows:
+        return []
+    names = list(rows[0]["peers"])
+    out = ["", "The model beside its peers on the same splits (`stream_detector.bench.peers`: zscore, the largest "
+           "|z| of a sample against the training points; iforest, scikit-learn's IsolationForest, 100 trees, on the "
+           "flattened standardised samples):", "",
+           f"| {what} | model AUPRC | " + " | ".join(f"{n} AUPRC" for n in names) + " | model ROC-AUC | "
+           + " | ".join(f"{n} ROC-AUC" for n in names) + " |", "|---|" + "---|" * (2 * len(names) + 2)]
+    for r in rows + [None]:
+        src = r if r is not None else {"auprc": float(np.mean([q["auprc"] for q in rows])),
+                                       "roc_auc": float(np.mean([q["roc_auc"] for q in rows])),
+                                       "peers": {n: {m: float(np.mean([q["peers"][n][m] for q in rows]))
+                                                     for m in ("auprc", "roc_auc")} for n in names}}
+        name = "**mean**" if r is None else (r["anomaly"] if "transform" not in r else f"{r['anomaly']} / {r['transform']}")
+        out.append(f"| {name} | {_f(src['auprc'])} | " + " | ".join(_f(src["peers"][n]["auprc"]) for n in names)
+                   + f" | {_f(src['roc_auc'])} | " + " | ".join(_f(src["peers"][n]["roc_auc"]) for n in names) + " |")
     return out
 
 
@@ -696,6 +740,7 @@ def markdown(results: dict) -> str:
                 out.append(f"{name} ({note}): " + ", ".join(f"{r['transform']} AUPRC {r['auprc']:.3f}"
                                                             for r in found) + ".")
     out += _kinds_table(rows, "anomaly" if results["benchmark"].startswith("paper-mnist") else "activity / transform")
+    out += _peers_table(rows, "anomaly" if results["benchmark"].startswith("paper-mnist") else "activity / transform")
     multi = [r for r in rows if "kl_only_alpha_1" in r.get("ablations", {})]
     if multi:
         out += ["", "D-AnoGAN: the score's two parts alone on the same networks (alpha 0: the residual of the "

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PEERS = ("zscore", "iforest", "hst", "lstm")
+SAMPLE_PEERS = ("zscore", "iforest")  # the peers of the one-class sample benchmarks (bench paper)
 
 
 def versions() -> dict:
@@ -279,3 +280,20 @@ def fit_and_score_peer(peer, train: np.ndarray, test: np.ndarray, calib_fraction
     return {"test_scores": np.asarray(test_scores, dtype=np.float64), "calibration_scores": calib,
             "quantile_threshold": q["value"], "release": q["release"], "train_points": split,
             "train_seconds": train_seconds, "score_seconds": score_seconds, "stopped_early_by_budget": False}
+
+
+def sample_peer_scores(train: np.ndarray, test: np.ndarray, seed: int, trees: int = 100) -> dict[str, np.ndarray]:
+    """The :data:`SAMPLE_PEERS`' scores of independent samples ``test [M, T, C]`` (activity
+    windows of ``T`` points and ``C`` channels; an image is one point of ``C`` pixels), fitted on
+    the normal samples ``train [N, T, C]``: ``zscore`` is the largest ``|z|`` of the sample's
+    points and channels against the training points' per-channel mean and deviation (the
+    limit check), ``iforest`` scikit-learn's IsolationForest (``trees`` trees, seeded) on the
+    flattened samples standardised the same way, ``-score_samples``."""
+    from sklearn.ensemble import IsolationForest
+
+    c = train.shape[-1]
+    mean, std = _standardiser(train.reshape(-1, c).astype(np.float64))
+    z_train = ((train - mean) / std).reshape(len(train), -1)
+    z_test = ((test - mean) / std).reshape(len(test), -1)
+    forest = IsolationForest(n_estimators=trees, random_state=seed).fit(z_train)
+    return {"zscore": np.abs(z_test).max(axis=1), "iforest": -forest.score_samples(z_test)}
