@@ -118,3 +118,22 @@ def test_cli_forecast_options_and_their_errors(tmp_path):
         proc = subprocess.run(cli + ["--out", str(tmp_path / "bad"), "--score", "forecast", "--forecast-horizon", bad],
                               capture_output=True, text=True, timeout=300)
         assert_one_line_error(proc, "--forecast-horizon must be at least 1 and shorter than --window (16)")
+
+
+def test_the_worker_serves_a_forecast_model_and_names_the_spike(forecast_model):
+    from stream_detector.runtime.config import WorkerConfig
+    from stream_detector.runtime.detector import Detector
+
+    from test_root_cause import SPIKE_AT, SPIKE_CHANNEL, _messages
+
+    values = synthetic_series(seed=7)
+    values[SPIKE_AT, SPIKE_CHANNEL] += 8.0
+    ts = 1_700_000_000.0 + np.arange(len(values), dtype=np.float64)
+    det = Detector(WorkerConfig(model_dir=str(forecast_model), metrics_port=0, score_records="window"))
+    out = det.process(_messages(values, ts), keep_dicts=True)
+    assert out.records and not out.dead_letters
+    predicted = [r for r in out.records if r["end"] - (W // 8) < ts[SPIKE_AT] <= r["end"]]
+    assert predicted and all(r["peak_channel"] == "b" and r["peak_ts"] == ts[SPIKE_AT] for r in predicted)
+    opened = [e for e in out.events if e["event"] == "opened" and e["start"] <= ts[SPIKE_AT] <= e["end"]]
+    assert opened, "the spike opened no episode"
+    assert opened[0]["top_cells"][0]["channel"] == "b" and opened[0]["top_cells"][0]["ts"] == ts[SPIKE_AT]
