@@ -51,10 +51,14 @@ def summarise(stem: str) -> dict:
         for m in per_seed_mean:
             per_seed_mean[m].append(np.mean([r[m] for r in run["results"]]))
     peer_means = {p: _ms([np.mean([r["peers"][p]["auprc"] for r in run["results"]]) for run in runs]) for p in peers}
+    kinds = list(runs[0]["results"][0].get("score_kinds", {}))
+    kind_means = {k: {m: _ms([np.mean([r["score_kinds"][k][m] for r in run["results"]]) for run in runs])
+                      for m in ("auprc", "roc_auc", "log_auc")} for k in kinds}
     paper = [r["paper_auprc"] for r in rows if r["paper_auprc"] is not None]
     return {"stem": stem, "seeds": seeds, "benchmark": runs[0]["benchmark"], "config": runs[0]["config"],
             "machine": runs[0].get("machine"), "rows": rows,
             "mean": {m: _ms(v) for m, v in per_seed_mean.items()}, "peers_mean_auprc": peer_means,
+            "score_kinds_mean": kind_means,
             "paper_mean_auprc": float(np.mean(paper)) if len(paper) == len(rows) else None}
 
 
@@ -72,6 +76,10 @@ def markdown(s: dict) -> str:
     paper = "" if s["paper_mean_auprc"] is None else f"{s['paper_mean_auprc']:.3f}"
     out.append(f"| **mean** | **{_cell(s['mean']['auprc'])}** | {_cell(s['mean']['roc_auc'])} | {paper} | "
                + " | ".join(_cell(s["peers_mean_auprc"][p]) for p in peers) + " | |")
+    if s["score_kinds_mean"]:
+        out += ["", "| score kind (same networks) | mean AUPRC | mean ROC-AUC | mean logAUC |", "|---|---|---|---|"]
+        out += [f"| {k} | {_cell(v['auprc'])} | {_cell(v['roc_auc'])} | {_cell(v['log_auc'])} |"
+                for k, v in s["score_kinds_mean"].items()]
     return "\n".join(out)
 
 
