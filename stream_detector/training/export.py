@@ -271,8 +271,7 @@ def scorer_from_model_dir(model_dir: Path | str) -> ScoringNetwork:
     missing, unexpected = scorer.load_state_dict(state, strict=False)
     # the score channels' mask and weights come from the card (the exporter may fold them into
     # constants of its own name)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("score_")
-               and k != "forecaster.pick"]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("score_")]
     unexpected = [k for k in unexpected if not k.startswith("onnx::")]
     if any(k.startswith("critic.head.") for k in missing):
         # Graphs exported before the critic score was an output do not carry the critic's head:

@@ -45,7 +45,7 @@ class Forecaster(nn.Module):
         self.hidden = int(hidden)
         pick = torch.zeros(n_channels, len(self.scored))  # one-hot: input channel -> scored channel
         pick[self.scored, torch.arange(len(self.scored))] = 1.0
-        self.register_buffer("pick", pick)
+        self.register_buffer("pick", pick, persistent=False)  # derived from ``scored``: not a weight
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(self.context * n_channels, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, horizon * len(self.scored)))
 
