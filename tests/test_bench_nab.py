@@ -192,7 +192,7 @@ def test_log_likelihood_is_nabs_numenta_scaling():
 def test_post_process_likelihood_waits_for_the_probation():
     rng = np.random.default_rng(5)
     raw = np.abs(rng.normal(size=3000))
-    cfg = dict(nab.DEFAULT_CONFIG, post="likelihood")
+    cfg = dict(nab.DEFAULT_CONFIG, post="likelihood", spatial_tolerance=0.0)
     out = nab.post_process(raw, cfg, probationary=750)
     np.testing.assert_allclose(out[:850], math.log(0.5) / math.log(1e-10), rtol=1e-6)
     assert np.all((out >= 0.0) & (out <= 1.0)) and np.any(out[850:] != out[0])
@@ -202,6 +202,39 @@ def test_post_process_likelihood_waits_for_the_probation():
     # The rank post-processing is still there.
     np.testing.assert_array_equal(nab.post_process(raw, dict(cfg, post="rank"), 750),
                                   nab.causal_rank(nab.moving_average(raw, cfg["smoothing"])))
+
+
+def test_spatial_anomalies_hand_computed():
+    # limits from earlier values only, tolerance 0.1 of their range: 10.5 <= 10 + 1; 12 > 10.5 + 1.05;
+    # -1.5 < 0 - 1.2 (range [0, 12]); 14 > 12 + 1.35 (range [-1.5, 12])
+    v = np.array([0.0, 10.0, 10.5, 12.0, 5.0, -1.5, 14.0])
+    out = nab.spatial_anomalies(v, 0.1)
+    np.testing.assert_array_equal(out, [False, False, False, True, False, True, True])
+    assert not nab.spatial_anomalies(v, 0.0).any()  # 0: off
+    assert not nab.spatial_anomalies(np.array([3.0, 3.0, 3.0, 3.0]), 0.05).any()  # no range yet, no anomaly
+    # causal: a later value never changes an earlier decision
+    np.testing.assert_array_equal(nab.spatial_anomalies(v[:5], 0.1), out[:5])
+
+
+def test_post_process_spatial_rule_scores_one_on_top_of_the_likelihood():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=2000)
+    values[1500] = 50.0  # leaves every earlier value's range
+    raw = np.abs(rng.normal(size=2000))
+    cfg = dict(nab.DEFAULT_CONFIG, post="likelihood")
+    assert cfg["spatial_tolerance"] == 0.05  # NAB's numenta detector's published value
+    plain = nab.post_process(raw, dict(cfg, spatial_tolerance=0.0), probationary=300)
+    out = nab.post_process(raw, cfg, probationary=300, values=values)
+    assert out[1500] == 1.0 and plain[1500] < 1.0
+    changed = np.flatnonzero(out != plain)
+    assert set(changed) == set(np.flatnonzero(nab.spatial_anomalies(values, 0.05)))
+    with pytest.raises(ValueError, match="values"):
+        nab.post_process(raw, cfg, probationary=300)
+
+
+def test_spatial_tolerance_must_not_be_negative(nab_folder, tmp_path):
+    with pytest.raises(UserError, match="--spatial-tolerance must be 0 or more"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--spatial-tolerance", "-0.1"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,6 +25,13 @@ score in ``[0, 1]``; two causal post-processings turn the raw score into one (``
 * ``rank``: the causal rank of a 5-point moving average of the raw score among all earlier
   ones of the file (the fraction of past scores below it): any new running maximum is 1.0.
 
+Numenta's spatial rule (``--spatial-tolerance``, default 0.05 as in NAB's ``numenta`` detector;
+0 turns it off) is applied after either: a point whose VALUE leaves the range of all earlier
+values of the file by more than the tolerance times that range scores 1.0, whatever the model
+says (the limit check, with limits that widen as the stream shows more).  It is part of the
+published HTM detector's NAB result (70.1), so it was adopted as published, for every detector,
+before any run with it; :func:`spatial_anomalies` has the rule.
+
 ``--via-worker --models DIR`` sends each file through the real worker instead (see
 :func:`via_worker_main`) and compares its published likelihoods and NAB scores with the offline
 ones on the same models.
@@ -67,14 +74,14 @@ PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
 # Training budgeted in iterations, never in seconds (a seed gives the same scores again).
 DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=200, encoder_iterations=200,
                       encoder_mode="izi_f", kappa=1.0, max_seconds=None, probationary=0.15, smoothing=5, seed=0,
-                      post="likelihood")
+                      post="likelihood", spatial_tolerance=0.05)
 POST = ("likelihood", "rank")
 # nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
 # reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
 LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
                   averaging_window=10, red=0.99999, yellow=0.999, std_floor=1e-3)
 # keys of the flat configuration that are NAB's own, not the model's (see NabConfig)
-RUNNER_KEYS = ("probationary", "smoothing", "post", "likelihood", "rescored_from")
+RUNNER_KEYS = ("probationary", "smoothing", "post", "likelihood", "spatial_tolerance", "rescored_from")
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class NabConfig:
     smoothing: int = 5
     post: str = "likelihood"
     likelihood: dict | None = None
+    spatial_tolerance: float = 0.0
     rescored_from: str | None = None
 
     @classmethod
@@ -175,16 +183,40 @@ def log_likelihood(likelihood: np.ndarray) -> np.ndarray:
     return np.clip(np.log(1.0000000001 - lik) / math.log(1.0 - 0.9999999999), 0.0, 1.0)
 
 
-def post_process(x: np.ndarray, cfg: dict, probationary: int) -> np.ndarray:
-    """``x`` (one file's raw scores) to a NAB score in [0, 1] by ``cfg['post']``."""
+def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
+    """Numenta's spatial rule (NAB's ``numenta`` detector, ``SPATIAL_TOLERANCE = 0.05``): point
+    ``t`` is a spatial anomaly when ``values[t]`` lies outside ``[lo - tol (hi - lo), hi + tol
+    (hi - lo)]``, ``lo`` and ``hi`` the minimum and maximum of ``values[:t]``; never while those
+    are equal (no range yet).  Causal: only earlier values set the limits."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.zeros(len(v), dtype=bool)
+    if len(v) < 2 or not tolerance > 0:
+        return out
+    lo, hi = np.minimum.accumulate(v)[:-1], np.maximum.accumulate(v)[:-1]
+    pad = tolerance * (hi - lo)
+    x = v[1:]
+    out[1:] = (hi > lo) & ((x > hi + pad) | (x < lo - pad))
+    return out
+
+
+def post_process(x: np.ndarray, cfg: dict, probationary: int, values: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (one file's raw scores) to a NAB score in [0, 1] by ``cfg['post']``, then 1.0 at the
+    spatial anomalies of ``values`` (the file's points) when ``cfg['spatial_tolerance']`` > 0."""
     post = cfg.get("post", "rank")
     if post == "rank":
-        return causal_rank(moving_average(x, cfg["smoothing"]))
-    if post == "likelihood":
+        out = causal_rank(moving_average(x, cfg["smoothing"]))
+    elif post == "likelihood":
         p = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
         p["learning_period"] = max(p["learning_period"], probationary)
-        return log_likelihood(anomaly_likelihood(x, **p))
-    raise ValueError(f"unknown post-processing {post!r}")
+        out = log_likelihood(anomaly_likelihood(x, **p))
+    else:
+        raise ValueError(f"unknown post-processing {post!r}")
+    tol = float(cfg.get("spatial_tolerance") or 0.0)
+    if tol > 0:
+        if values is None:
+            raise ValueError("the spatial rule needs the file's values")
+        out = np.where(spatial_anomalies(values, tol), 1.0, out)
+    return out
 
 
 def run_file(task: dict) -> dict:
@@ -222,7 +254,7 @@ def run_file(task: dict) -> dict:
         raw = peer.score(series)
         score_seconds = time.monotonic() - started
     started = time.monotonic()
-    likelihood = post_process(raw, task["config"], prob)
+    likelihood = post_process(raw, task["config"], prob, values)
     return {"name": task["name"], "timestamps": timestamps, "scores": likelihood.tolist(),
             "raw": np.asarray(raw, dtype=np.float64).tolist(), "points": n,
             "probationary": prob, "train_seconds": round(train_seconds, 1),
@@ -246,7 +278,7 @@ def rescore_file(root: Path, detector_dir: Path, name: str, cfg: dict, window: i
         raw[: window - 1] = np.nan
     started = time.monotonic()
     prob = probationary_length(len(values), cfg["probationary"])
-    likelihood = post_process(raw, cfg, prob)
+    likelihood = post_process(raw, cfg, prob, values)
     return {"name": name, "timestamps": timestamps, "scores": likelihood.tolist(), "raw": raw.tolist(),
             "points": len(values), "probationary": prob,
             "train_seconds": 0.0, "score_seconds": round(time.monotonic() - started, 2)}
@@ -274,6 +306,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
     p.add_argument("--post", choices=POST, help="raw score -> NAB score: 'likelihood' (default: Numenta's anomaly "
                    "likelihood, log-scaled as NAB's numenta detector) or 'rank' (causal rank of a 5-point average)")
+    p.add_argument("--spatial-tolerance", type=float,
+                   help="Numenta's spatial rule: a value outside the range of all earlier values by more than this "
+                        "fraction of the range scores 1.0 (default 0.05, NAB's numenta detector; 0: off)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>-seed<k>/<category>/*.csv with "
                    "raw_score): reuse its scores, no training, and apply this run's post-processing")
     p.add_argument("--likelihood", action="append", default=[], metavar="KEY=VALUE",
@@ -465,6 +500,10 @@ def run(a: argparse.Namespace) -> Report:
         cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
     if a.post:
         cfg["post"] = a.post
+    if a.spatial_tolerance is not None:
+        if not a.spatial_tolerance >= 0:
+            raise UserError(f"--spatial-tolerance must be 0 or more, got {a.spatial_tolerance}")
+        cfg["spatial_tolerance"] = a.spatial_tolerance
     if cfg["post"] == "likelihood":
         cfg["likelihood"] = dict(LIKELIHOOD, **parse_likelihood_overrides(a.likelihood))
     elif a.likelihood:
