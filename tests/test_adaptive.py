@@ -253,8 +253,10 @@ def test_likelihood_equals_the_batch_implementation():
 def test_parameters_in_points_become_windows():
     for method, defaults in DEFAULTS.items():
         params = make_threshold({"method": method}).params
+        # (the spatial rule's tolerance is left out of the parameters while it is 0: off)
         assert {k: params[k] for k in defaults if k in params} == {k: v for k, v in defaults.items()
-                                                                   if not k.startswith("z_")}
+                                                                   if not k.startswith("z_")
+                                                                   and not (k == "spatial_tolerance" and v == 0)}
     t = make_threshold({"method": "telemanom"}, stride=8).params
     # 70 / 8 = 8.75 -> 9; 100 / 8 = 12.5 -> 13 (half up); 250 / 8 = 31.25 -> 31; window_size is in batches
     assert (t["batch_size"], t["error_buffer"], t["l_s"], t["window_size"]) == (9, 13, 31, 30)
@@ -381,6 +383,53 @@ def test_likelihood_constant_then_jump():
     assert lik[1000] == 1.0 and np.all(lik[1001:1010] == pytest.approx(0.999)) and np.all(lik[:1000] == 0.5)
     assert np.isnan(t[:388]).all()  # no estimate before learning_period + estimation_samples
     assert t[1000] == pytest.approx(1.0 + 4.264890793922825 * 1e-3)  # mean + z std at 1 - Q(z) = 0.99999
+
+
+def _walk_windows(n, w, seed):
+    rng = np.random.default_rng(seed)
+    values = np.cumsum(rng.normal(size=n))  # a random walk leaves its range often
+    return values, np.lib.stride_tricks.sliding_window_view(values, w)[:, :, None], rng
+
+
+def test_likelihood_spatial_rule_equals_the_offline_rule_window_by_window():
+    W = 16
+    values, windows, rng = _walk_windows(1200, W, 21)
+    scores = np.abs(rng.normal(size=len(windows)))
+    spec = {"method": "likelihood", "spatial_tolerance": 0.05}
+    proc = make_threshold(spec)
+    assert proc.wants_windows and not make_threshold({"method": "likelihood"}).wants_windows
+    f, _ = proc.update(scores, windows=windows)
+    plain, _ = make_threshold({"method": "likelihood"}).update(scores)
+    offline = nab.spatial_anomalies(values, 0.05)[W - 1:]  # the window ending at point t <-> point t
+    assert offline.sum() > 5 and (offline & ~plain).any()
+    np.testing.assert_array_equal(f, plain | offline)
+    assert np.all(proc.last_likelihoods[offline] == 1.0)
+    # chunked, restarted from the saved state half-way: the same decisions
+    first = make_threshold(spec)
+    a, _ = first.update(scores[:500], windows=windows[:500])
+    again = make_threshold(spec, state=msgpack.unpackb(msgpack.packb(first.state())))
+    b, _ = again.update(scores[500:], windows=windows[500:])
+    np.testing.assert_array_equal(np.r_[a, b], f)
+    # stride 2: a window's new points are its last two
+    f2, _ = make_threshold(spec, stride=2).update(scores[::2], windows=windows[::2])
+    all_points = nab.spatial_anomalies(values, 0.05)
+    ends = np.arange(W - 1, len(values), 2)
+    spatial2 = all_points[ends] | all_points[ends - 1]
+    plain2, _ = make_threshold({"method": "likelihood"}, stride=2).update(scores[::2])
+    np.testing.assert_array_equal(f2, plain2 | spatial2)
+    with pytest.raises(ValueError, match="needs the windows"):
+        make_threshold(spec).update(scores)
+    with pytest.raises(ValueError, match="spatial_tolerance"):
+        make_threshold({"method": "likelihood", "spatial_tolerance": -0.1})
+
+
+def test_spatial_flags_skip_nan_and_single_valued_ranges():
+    x = np.array([[1.0, 5.0], [1.0, np.nan], [1.0, 6.0], [9.0, 6.1], [np.nan, 20.0]])
+    flags, lo, hi = T.spatial_flags(x, np.array([np.inf, np.inf]), np.array([-np.inf, -np.inf]), 0.05)
+    # channel 0 is single-valued until 9.0 (no range yet: not flagged), so is channel 1 before
+    # 6.0 (NaN skipped); then channel 1's range [5, 6]: 6.1 > 6.05, and [5, 6.1]: 20 > 6.155
+    assert flags.tolist() == [False, False, False, True, True]
+    assert lo.tolist() == [1.0, 5.0] and hi.tolist() == [9.0, 20.0]
 
 
 def test_quantile_is_immediate():

@@ -499,6 +499,10 @@ def test_nab_via_worker_likelihoods_equal_the_offline_ones(nab_small, nab_small_
                      "--worker-timeout", "60"]) == 0
     result = json.loads((out / "nab_via_worker.json").read_text())
     assert result["files"] == 2 and not result["worker"]["timed_out"], result.get("worker_log_tail")
+    # Numenta's spatial rule (on by default) runs in the worker too, and fires on these files
+    assert result["config"]["spatial_tolerance"] == 0.05
+    assert all(s["spatial_tolerance"] == 0.05 for s in result["threshold_per_file"].values())
+    assert sum(row["spatial_anomalies"] for row in result["per_file"]) > 0
     assert result["likelihood"]["reestimation_period"] == VIA_WINDOW - 1
     for row in result["per_file"]:
         run = row["worker_run"]

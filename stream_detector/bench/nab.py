@@ -184,19 +184,17 @@ def log_likelihood(likelihood: np.ndarray) -> np.ndarray:
 
 
 def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
-    """Numenta's spatial rule (NAB's ``numenta`` detector, ``SPATIAL_TOLERANCE = 0.05``): point
-    ``t`` is a spatial anomaly when ``values[t]`` lies outside ``[lo - tol (hi - lo), hi + tol
-    (hi - lo)]``, ``lo`` and ``hi`` the minimum and maximum of ``values[:t]``; never while those
-    are equal (no range yet).  Causal: only earlier values set the limits."""
-    v = np.asarray(values, dtype=np.float64)
-    out = np.zeros(len(v), dtype=bool)
-    if len(v) < 2 or not tolerance > 0:
-        return out
-    lo, hi = np.minimum.accumulate(v)[:-1], np.maximum.accumulate(v)[:-1]
-    pad = tolerance * (hi - lo)
-    x = v[1:]
-    out[1:] = (hi > lo) & ((x > hi + pad) | (x < lo - pad))
-    return out
+    """Numenta's spatial rule (NAB's ``numenta`` detector, ``SPATIAL_TOLERANCE = 0.05``) on one
+    file's values: point ``t`` is a spatial anomaly when ``values[t]`` lies outside ``[lo - tol
+    (hi - lo), hi + tol (hi - lo)]``, ``lo`` and ``hi`` the minimum and maximum of ``values[:t]``;
+    never while those are equal.  The worker's ``likelihood`` threshold applies the same
+    function (:func:`~stream_detector.runtime.thresholds.spatial_flags`) window by window."""
+    from ..runtime.thresholds import spatial_flags
+
+    if not tolerance > 0:
+        return np.zeros(len(values), dtype=bool)
+    return spatial_flags(np.asarray(values, dtype=np.float64).reshape(-1, 1), np.array([np.inf]),
+                         np.array([-np.inf]), tolerance)[0]
 
 
 def post_process(x: np.ndarray, cfg: dict, probationary: int, values: np.ndarray | None = None) -> np.ndarray:
@@ -663,7 +661,8 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         raise UserError(f"--batch-points must be a positive integer, got {a.batch_points}")
     started = time.monotonic()
     lik = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
-    offline, series, specs, info = {}, {}, {}, {}
+    tol = float(cfg.get("spatial_tolerance") or 0.0)
+    offline, series, specs, info, spatial = {}, {}, {}, {}, {}
     for f in files:
         timestamps, values = read_nab_csv(root / "data" / f)
         mdir = models / model_folder(f)
@@ -672,14 +671,17 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         scored = score_with_model(mdir, values.reshape(-1, 1), stride=1, threads=a.threads)
         w, raw = scored.scorer.window, scored.points
         params = worker_likelihood_params(lik, prob, w)
+        # the spatial rule: the worker judges no point before its first window (they lie in the
+        # probation, which NAB does not score), so neither does the comparison
+        spatial[f] = spatial_anomalies(values, tol)
+        spatial[f][: w - 1] = False
         by_windows = np.full(n, 0.5)
         by_windows[w - 1:] = anomaly_likelihood(raw[w - 1:], **params)
-        offline[f] = {"timestamps": timestamps, "raw": raw,
-                      "likelihood": anomaly_likelihood(raw, **dict(lik, learning_period=max(lik["learning_period"],
-                                                                                             prob))),
-                      "likelihood_windows": by_windows}
+        whole = anomaly_likelihood(raw, **dict(lik, learning_period=max(lik["learning_period"], prob)))
+        offline[f] = {"timestamps": timestamps, "raw": raw, "likelihood": np.where(spatial[f], 1.0, whole),
+                      "likelihood_windows": np.where(spatial[f], 1.0, by_windows)}
         series[model_folder(f)] = values.reshape(-1, 1)
-        specs[model_folder(f)] = {"method": "likelihood", **params}
+        specs[model_folder(f)] = {"method": "likelihood", **params, **({"spatial_tolerance": tol} if tol else {})}
         info[f] = {"points": n, "window": w, "probationary": prob}
     offline_seconds = time.monotonic() - started
     print(f"offline: {len(files)} files scored in {offline_seconds:.1f} s; sending them through the worker "
@@ -695,7 +697,8 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         row = {"name": f, **info[f], "worker_run": r.summary(),
                "records_without_likelihood": int(np.sum(~np.isfinite(wl))),
                "windows_estimated": int(np.sum(np.isfinite(wl) & (wl != 0.5))),
-               "learning_period_windows": specs[model_folder(f)]["learning_period"]}
+               "learning_period_windows": specs[model_folder(f)]["learning_period"],
+               "spatial_anomalies": int(spatial[f].sum())}
         if r.published:
             row["max_raw_score_difference"] = _max_abs(r.scores, o["raw"][r.end_idx])
             # the worker against the offline run, point by point (windows it never published count)
@@ -703,9 +706,10 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
             row["max_likelihood_difference_published"] = _max_abs(wl, o["likelihood"][r.end_idx])
             row["max_likelihood_difference_vs_window_count"] = _max_abs(wl, o["likelihood_windows"][r.end_idx])
             if not r.missing:  # the procedure alone: offline on the worker's own published scores
-                row["max_likelihood_difference_same_scores"] = _max_abs(
-                    wl, anomaly_likelihood(r.scores, **{k: v for k, v in specs[model_folder(f)].items()
-                                                         if k != "method"}))
+                same = anomaly_likelihood(r.scores, **{k: v for k, v in specs[model_folder(f)].items()
+                                                       if k not in ("method", "spatial_tolerance")})
+                row["max_likelihood_difference_same_scores"] = _max_abs(wl, np.where(spatial[f][r.end_idx], 1.0,
+                                                                                     same))
             row["points_differing_1e-9"] = int(np.sum(np.abs(worker_lik[f] - o["likelihood"]) > 1e-9))
         per_file.append(row)
 

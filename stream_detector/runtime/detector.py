@@ -531,6 +531,7 @@ class Detector:
             by_source: dict[str, list[int]] = {}
             for i, s in enumerate(g.sources):
                 by_source.setdefault(s, []).append(i)
+            values = None  # the group's windows, stacked once if a procedure needs them (the spatial rule)
             for source, idx in by_source.items():
                 st = self.sources[source]
                 ix = np.asarray(idx)
@@ -541,7 +542,11 @@ class Detector:
                                        st.channels))
                     continue
                 st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix], peaks[ix])
-                flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
+                if getattr(st.threshold, "wants_windows", False):
+                    values = g.stacked() if values is None else values
+                    flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64), windows=values[ix])
+                else:
+                    flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
                 if len(flags):
                     out.append(self._decided(source, st, len(flags), flags, thresholds))
         return out

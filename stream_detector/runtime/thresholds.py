@@ -24,7 +24,8 @@ for ``telemanom`` the EWMA's numerator and denominator, the last ``batch_size * 
 smoothed scores and their flags (bits); for ``dynamic`` the EWMA and the last ``history``
 smoothed scores; for ``likelihood`` the last ``averaging_window - 1`` raw scores, running sums
 per block of ``reestimation_period`` moving averages (not the 8640 averages themselves), the
-current estimate and the red-filter bit.  ``make_threshold(spec, stride, state)`` rebuilds an
+current estimate and the red-filter bit (and, with the spatial rule, the range of the points
+seen per channel).  ``make_threshold(spec, stride, state)`` rebuilds an
 object that continues exactly where the saved one stopped (bit-identical decisions).  A state
 carries a checksum of the parameters it was made with; restoring it under other parameters (a
 changed spec or stride) is a ``ValueError``, and the caller starts afresh.
@@ -443,6 +444,26 @@ class DynamicThreshold(AdaptiveThreshold):
 
 
 # ---------------------------------------------------------------------------------------
+def spatial_flags(points: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Numenta's spatial rule on ``points`` ``[n, C]`` in order: point ``i`` is flagged when on
+    some channel it lies outside ``[lo - tol (hi - lo), hi + tol (hi - lo)]``, ``lo``/``hi`` the
+    channel's minimum and maximum over the range given (``[C]``; ``inf``/``-inf`` for none) and
+    the points before ``i``; never while a channel's range is a single value.  NaN points are
+    never flagged and do not move the range.  Returns the flags ``[n]`` and the range after the
+    last point (the state that carries over to the next call)."""
+    x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        return np.zeros(len(x), dtype=bool), lo, hi
+    lows = np.fmin.accumulate(np.vstack([lo[None, :], x]), axis=0)
+    highs = np.fmax.accumulate(np.vstack([hi[None, :], x]), axis=0)
+    before_lo, before_hi = lows[:-1], highs[:-1]
+    with np.errstate(invalid="ignore"):
+        pad = tolerance * (before_hi - before_lo)
+        out = (before_hi > before_lo) & ((x > before_hi + pad) | (x < before_lo - pad))
+    return out.any(axis=1), lows[-1], highs[-1]
+
+
 class LikelihoodThreshold(AdaptiveThreshold):
     """Numenta's anomaly likelihood (nupic's ``AnomalyLikelihood`` as NAB's ``numenta`` detector
     uses it), streamed; ``bench.nab.anomaly_likelihood`` is a wrapper over this class and its
@@ -454,6 +475,13 @@ class LikelihoodThreshold(AdaptiveThreshold):
     score record).  The threshold reported is the level of the MOVING AVERAGE of the raw score
     (not the raw score) at which the likelihood reaches ``flag_likelihood`` under the estimate
     in force: ``mean + z std``, ``1 - Q(z) = flag_likelihood``; NaN before the first estimate.
+
+    Numenta's spatial rule (``spatial_tolerance`` > 0, 0.05 in NAB's ``numenta`` detector; 0, the
+    default, is off): a window one of whose new points leaves the range of every point seen
+    before it, on any channel, by more than the tolerance times that range, gets likelihood 1.0
+    and is flagged, whatever its score (a limit check whose limits widen as the stream shows
+    more).  It needs the windows themselves: :meth:`update`'s ``windows``; a window's new
+    points are its last ``stride`` (the first window's earlier points only start the range).
 
     State: instead of the trailing ``historic_window`` moving averages, running sums (count,
     sum, sum of squares) per block of moving averages, the blocks cut where a future estimate's
@@ -468,11 +496,18 @@ class LikelihoodThreshold(AdaptiveThreshold):
 
     def __init__(self, learning_period: int = 288, estimation_samples: int = 100, historic_window: int = 8640,
                  reestimation_period: int = 100, averaging_window: int = 10, red: float = 0.99999,
-                 yellow: float = 0.999, std_floor: float = 1e-3, flag_likelihood: float = 0.99999):
-        super().__init__(dict(learning_period=int(learning_period), estimation_samples=int(estimation_samples),
-                              historic_window=int(historic_window), reestimation_period=int(reestimation_period),
-                              averaging_window=int(averaging_window), red=float(red), yellow=float(yellow),
-                              std_floor=float(std_floor), flag_likelihood=float(flag_likelihood)))
+                 yellow: float = 0.999, std_floor: float = 1e-3, flag_likelihood: float = 0.99999,
+                 spatial_tolerance: float = 0.0, stride: int = 1):
+        params = dict(learning_period=int(learning_period), estimation_samples=int(estimation_samples),
+                      historic_window=int(historic_window), reestimation_period=int(reestimation_period),
+                      averaging_window=int(averaging_window), red=float(red), yellow=float(yellow),
+                      std_floor=float(std_floor), flag_likelihood=float(flag_likelihood))
+        if spatial_tolerance:  # absent when off, so states saved before the rule existed stay valid
+            params["spatial_tolerance"] = float(spatial_tolerance)
+        super().__init__(params)
+        self.spatial_tolerance = float(spatial_tolerance)
+        self.stride = int(stride)  # a window's new points (the spatial rule)
+        self.lo = self.hi = None  # the spatial rule's range of the points seen, per channel
         self.LP, self.H, self.R = int(learning_period), int(historic_window), int(reestimation_period)
         self.first = self.LP + int(estimation_samples)
         self.K = max(1, int(averaging_window))
@@ -490,6 +525,34 @@ class LikelihoodThreshold(AdaptiveThreshold):
         self.est_cnt = 0
         self.prev_red = False
         self.last_likelihoods = np.zeros(0)
+
+    @property
+    def wants_windows(self) -> bool:
+        """True when :meth:`update` needs the windows (the spatial rule is on)."""
+        return self.spatial_tolerance > 0
+
+    def update(self, scores, windows=None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`AdaptiveThreshold.update`; ``windows`` ``[k, W, C]`` (the scored windows, for
+        the spatial rule; required when it is on, ignored otherwise)."""
+        flags, thr = super().update(scores)
+        if self.wants_windows:
+            if windows is None:
+                raise ValueError("likelihood with spatial_tolerance needs the windows (update(scores, windows))")
+            w = np.asarray(windows, dtype=np.float64)
+            if w.ndim != 3 or len(w) != len(flags):
+                raise ValueError(f"windows must be [k, W, C] with k = {len(flags)} scores, got shape {w.shape}")
+            if self.lo is None or len(self.lo) != w.shape[2]:  # the first window's older points start the range
+                old = w[0, : max(0, w.shape[1] - self.stride)]
+                self.lo, self.hi = np.fmin.reduce(old, axis=0, initial=np.inf), np.fmax.reduce(old, axis=0,
+                                                                                               initial=-np.inf)
+            new = w[:, w.shape[1] - min(self.stride, w.shape[1]):]
+            point_flags, self.lo, self.hi = spatial_flags(new.reshape(-1, w.shape[2]), self.lo, self.hi,
+                                                          self.spatial_tolerance)
+            spatial = point_flags.reshape(len(w), -1).any(axis=1)
+            if spatial.any():
+                self.last_likelihoods = np.where(spatial, 1.0, self.last_likelihoods)
+                flags = flags | spatial
+        return flags, thr
 
     def _is_cut(self, p: int) -> bool:
         return p == self.LP or (p + self.H) % self.R == 0 or p == self.first - self.H
@@ -583,7 +646,8 @@ class LikelihoodThreshold(AdaptiveThreshold):
     def _state(self):
         return {"t": self.t, "tail": _f8(self.tail), "starts": _i8(self.starts), "cnt": _i8(self.cnt),
                 "s1": _f8(self.s1), "s2": _f8(self.s2), "mean": self.mean, "std": self.std,
-                "est_cnt": self.est_cnt, "red": self.prev_red}
+                "est_cnt": self.est_cnt, "red": self.prev_red,
+                "lo": None if self.lo is None else _f8(self.lo), "hi": None if self.hi is None else _f8(self.hi)}
 
     def _load(self, s):
         self.t = int(s["t"])
@@ -592,6 +656,8 @@ class LikelihoodThreshold(AdaptiveThreshold):
         self.s1, self.s2 = _unf8(s["s1"]), _unf8(s["s2"])
         self.mean, self.std, self.est_cnt = float(s["mean"]), float(s["std"]), int(s["est_cnt"])
         self.prev_red = bool(s["red"])
+        if s.get("lo") is not None:
+            self.lo, self.hi = _unf8(s["lo"]), _unf8(s["hi"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -608,7 +674,7 @@ _SPECS = {
                    "historic_window": (8640, "points", 1), "reestimation_period": (100, "points", 1),
                    "averaging_window": (10, "points", 1), "red": (0.99999, "prob", 0.0),
                    "yellow": (0.999, "prob", 0.0), "std_floor": (1e-3, "float", 0.0),
-                   "flag_likelihood": (0.99999, "prob", 0.0)},
+                   "flag_likelihood": (0.99999, "prob", 0.0), "spatial_tolerance": (0.0, "prob", 0.0)},
 }
 # the adaptive methods' parameters and their defaults, in points (what a card records)
 DEFAULTS = {method: {key: d for key, (d, _, _) in table.items()} for method, table in _SPECS.items()}
@@ -687,7 +753,7 @@ def make_threshold(spec: dict, stride: int = 1, state: dict | None = None) -> Ad
                 raise ValueError(f"threshold spec (dynamic): 'z_max' ({z_max}) must be above 'z_min' ({z_min})")
             obj = DynamicThreshold(**kw, z_range=z_range)
         else:
-            obj = LikelihoodThreshold(**kw)
+            obj = LikelihoodThreshold(**kw, stride=stride)
     if state is not None:
         _restore(obj, state)
     return obj
