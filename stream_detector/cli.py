@@ -257,6 +257,37 @@ def _report_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- validate
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .data import load_series, require_rows, select_channels
+    from .runtime.scoring import Scorer
+    from .training import synthetic
+
+    if not args.magnitude > 0:
+        raise UserError(f"--magnitude must be above 0, got {args.magnitude}")
+    scorer = Scorer(args.model)
+    series = load_series(args.data)
+    values = select_channels(series, scorer.channels)
+    require_rows(series, scorer.window)
+    length = args.length or max(1, scorer.window // 2)
+    if len(values) <= scorer.window + length:
+        raise UserError(f"{args.data}: {len(values)} rows; injecting a fault of {length} points after a first "
+                        f"window of {scorer.window} needs more than {scorer.window + length}")
+    result = synthetic.synthetic_check(scorer, values, repeats=args.repeats, seed=args.seed,
+                                       magnitude=args.magnitude, length=length)
+    result.update({"model": f"{scorer.name}:{scorer.version}", "model_dir": str(args.model), "data": str(args.data),
+                   "provider": scorer.provider})
+    text = synthetic.markdown(result, f"Synthetic faults: {result['model']} on {args.data}")
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "report.md").write_text(text)
+        print(f"written to {out}/report.json and report.md")
+    return 0
+
+
 # ---------------------------------------------------------------- streaming
 def cmd_worker(args: argparse.Namespace) -> int:
     from .runtime.config import load_config
@@ -499,6 +530,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report directory")
     _latent_search_arguments(e)
     e.set_defaults(func=cmd_evaluate)
+
+    v = sub.add_parser("validate", help="check a model without labels: inject synthetic faults (spike, level shift, "
+                       "stuck sensor, noise burst, drift) into normal data and report which it singles out")
+    v.add_argument("--model", required=True, help="model directory (model.onnx + model.json)")
+    v.add_argument("--data", required=True, help="NORMAL data the model was not trained on (.npy or CSV), e.g. a "
+                   "later stretch of the same source")
+    v.add_argument("--repeats", type=_positive_int, default=20, help="faults of each kind (default 20)")
+    v.add_argument("--length", type=_positive_int, help="points per fault (default: half a window; a spike is 1)")
+    v.add_argument("--magnitude", type=float, default=1.0, help="scales every fault's size (default 1: spike 6, "
+                   "level shift 3, noise 2, drift 4 standard deviations of the channel)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", help="report directory (report.json, report.md)")
+    v.set_defaults(func=cmd_validate)
 
     w = sub.add_parser("worker", help="run the streaming worker (Faust agent) against Kafka")
     w.add_argument("--config", help="YAML config file (STREAM_DETECTOR_* environment variables override it)")

@@ -74,10 +74,18 @@ def test_telemanom_bench_writes_tables(tmp_path):
     assert set(METHODS) == {"quantile", "pot", "dynamic", "telemanom"}
 
     # --rescore: the same thresholds on the saved raw scores, nothing trained, the same counts
+    # (--synthetic: each saved model checked on faults injected into its held-out train points)
     rc = main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--rescore", str(tmp_path / "models"),
-               "--out", str(tmp_path / "out"), "--name", "toy_rescored"])
+               "--out", str(tmp_path / "out"), "--name", "toy_rescored", "--synthetic"])
     assert rc == 0
     again = json.loads((tmp_path / "out" / "toy_rescored.json").read_text())
+    for r in again["channels"]:
+        syn = r["synthetic"]
+        assert 0.0 < syn["mean_auprc"] <= 1.0 and 0.0 <= syn["mean_detected"] <= 1.0
+        assert syn["level_shift_auprc"] > 0.3, syn  # 3 standard deviations for 8 points: plainly visible
+    assert again["summary"]["synthetic_mean_auprc"] == pytest.approx(
+        np.mean([r["synthetic"]["mean_auprc"] for r in again["channels"]]))
+    assert "Synthetic faults" in (tmp_path / "out" / "toy_rescored.md").read_text()
     assert again["rescored_from"] == str(tmp_path / "models")
     assert again["config"]["window"] == 16  # the run's own configuration, read back from config.json
     for r0, r1 in zip(result["channels"], again["channels"]):
@@ -141,6 +149,15 @@ def test_telemanom_bench_rejects_a_wrong_folder(tmp_path):
 
     with pytest.raises(UserError, match="telemanom layout"):
         main(["--data", str(tmp_path)])
+
+
+def test_synthetic_needs_rescore(tmp_path):
+    from stream_detector.bench.telemanom import main
+    from stream_detector.errors import UserError
+
+    _spacecraft(tmp_path / "toy")
+    with pytest.raises(UserError, match="--synthetic checks the models of an earlier run"):
+        main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--synthetic"])
 
 
 def test_telemanom_rescore_needs_saved_scores(tmp_path):

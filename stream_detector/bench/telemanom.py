@@ -235,10 +235,30 @@ def _telemanom_kwargs(c: dict) -> dict:
 
 
 def rescore_channel(task: dict) -> dict:
-    """Thresholds and evaluation of one channel from the raw scores a previous run saved."""
+    """Thresholds and evaluation of one channel from the raw scores a previous run saved (and,
+    with ``synthetic``, the model's synthetic-fault check on the held-out train points)."""
     with np.load(Path(task["models"]) / task["channel"] / "scores.npz") as z:
         saved = {k: z[k] for k in z.files}
-    return evaluate_channel(task["channel"], Path(task["data"]), task["config"], saved)
+    row = evaluate_channel(task["channel"], Path(task["data"]), task["config"], saved)
+    if task.get("synthetic") and (Path(task["models"]) / task["channel"] / "model.onnx").exists():
+        row["synthetic"] = synthetic_channel(task)
+    return row
+
+
+def synthetic_channel(task: dict) -> dict:
+    """:func:`~stream_detector.training.synthetic.synthetic_check` of one channel's saved model on
+    the train split's held-out last points (the ones it calibrated on, never trained on): how well
+    it singles out injected faults, with no label read (seed 0, 20 faults of each kind)."""
+    from ..runtime.scoring import Scorer
+    from ..training.synthetic import synthetic_check
+
+    scorer = Scorer(Path(task["models"]) / task["channel"], threads=task.get("threads", 1))
+    train = np.load(Path(task["data"]) / "train" / f"{task['channel']}.npy")
+    train = train[:, [int(c[1:]) for c in scorer.channels]]  # the runner names column i "c<i>"
+    calib_points = max(int(0.2 * len(train)), scorer.window + 50)  # as _wgan_scores held them out
+    r = synthetic_check(scorer, train[len(train) - calib_points:])
+    return {"mean_auprc": r["mean_auprc"], "mean_detected": r["mean_detected"],
+            **{f"{k}_auprc": v["auprc"] for k, v in r["kinds"].items()}}
 
 
 def ensemble_saved(saved: list[dict]) -> dict:
@@ -287,7 +307,9 @@ def summarise(rows: list[dict]) -> dict:
     au = [r["auprc"] for r in rows if r["auprc"] is not None]
     ra = [r["roc_auc"] for r in rows if r["roc_auc"] is not None]
     rm = [r["range_metrics"] for r in rows if r.get("range_metrics")]
-    return {"methods": total, "mean_auprc": float(np.mean(au)) if au else None,
+    syn = [r["synthetic"] for r in rows if r.get("synthetic")]
+    synthetic = {f"synthetic_{k}": float(np.mean([x[k] for x in syn])) for k in syn[0]} if syn else {}
+    return {"methods": total, "mean_auprc": float(np.mean(au)) if au else None, **synthetic,
             "mean_roc_auc": float(np.mean(ra)) if ra else None,
             **{f"mean_{k}": float(np.mean([m[k] for m in rm])) if rm else None
                for k in ("vus_pr", "vus_roc", "esa_f05", "affiliation_f1")},
@@ -367,6 +389,21 @@ def comparison_markdown(result: dict) -> list[str]:
     if ens:
         lines += ["", "`<detector>-ensemble`: the seeds' raw scores, each divided by its own quantile threshold, "
                   "averaged per point (offline only: the worker serves one model per route)."]
+    from ..training.synthetic import KINDS
+
+    present = {k for figs in cmp.values() for k in figs}
+    syn = [k for k in ["synthetic_mean_auprc", "synthetic_mean_detected"] + [f"synthetic_{x}_auprc" for x in KINDS]
+           if k in present]
+    if syn:
+        lines += ["", "Synthetic faults (`--synthetic`, no label read): each model's AUPRC at singling out faults "
+                  "injected into the train split's held-out last points (the ones it calibrated on), mean over "
+                  "channels, then mean ± std over seeds; `detected`: the share of faults with a window over the "
+                  "clean points' 99th percentile (`stream_detector.training.synthetic`).", "",
+                  "| detector | " + " | ".join(k.removeprefix("synthetic_").replace("_", " ") for k in syn) + " |",
+                  "|---|" + "---|" * len(syn)]
+        for det, figs in cmp.items():
+            if any(figs.get(k) for k in syn):
+                lines.append(f"| {det} | " + " | ".join(c(det, figs, k) for k in syn) + " |")
     lines += ["", "Event F1 under each threshold procedure (mean ± std over seeds):", "",
               "| detector | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for det, figs in cmp.items():
@@ -439,6 +476,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-apply the thresholds to the raw scores saved by earlier runs in DIR (their --models "
                         "folder: <detector>/seed<k>/<chan>/scores.npz and config.json); nothing is trained; "
                         "--detectors / --seeds, when given, pick which saved runs")
+    p.add_argument("--synthetic", action="store_true",
+                   help="with --rescore: also check each saved WGAN model on synthetic faults injected into its train "
+                        "split's held-out points (no label read; a label-free way to compare configurations)")
     v = p.add_argument_group("via the worker", "--via-worker --models DIR: send the test splits through the real "
                              "worker (embedded broker, model repository, one route per channel) and compare its "
                              "detections with the offline ones on the same models; writes <name>_via_worker.json/.md")
@@ -457,6 +497,7 @@ def flat_summary(summary: dict) -> dict:
     """One run's totals as flat figures (``telemanom.f1``, ``mean_roc_auc``, ...) for :func:`aggregate`."""
     out = {k: summary.get(k) for k in ("mean_auprc", "mean_roc_auc", "mean_vus_pr", "mean_vus_roc", "mean_esa_f05",
                                        "mean_affiliation_f1", "train_seconds", "score_seconds")}
+    out.update({k: v for k, v in summary.items() if k.startswith("synthetic_")})
     for m, t in summary["methods"].items():
         out.update({f"{m}.{k}": t[k] for k in ("f1", "precision", "recall", "tp", "fp", "fn")})
     return out
@@ -498,6 +539,8 @@ def run(a: argparse.Namespace) -> Report:
     chans = chans[: a.limit] if a.limit else chans
     if a.via_worker:
         return via_worker_main(a, data, cfg, chans)
+    if a.synthetic and not a.rescore:
+        raise UserError("--synthetic checks the models of an earlier run: add --rescore DIR")
     if a.rescore:
         models = Path(a.rescore)
         if not models.is_dir():
@@ -523,7 +566,7 @@ def run(a: argparse.Namespace) -> Report:
         if a.rescore and (folder / "config.json").exists():  # the run's own configuration; newer keys default
             run_cfg = {**run_cfg, **json.loads((folder / "config.json").read_text())}
         tasks += [{"channel": ch, "data": str(data), "models": str(folder), "config": run_cfg, "threads": a.threads,
-                   "keep_scores": True, "detector": det, "seed": seed}
+                   "keep_scores": True, "detector": det, "seed": seed, "synthetic": a.synthetic}
                   for ch in chans if not a.rescore or (folder / ch / "scores.npz").exists()]
     work = rescore_channel if a.rescore else run_channel
     started = time.monotonic()
