@@ -267,16 +267,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UserError(f"--magnitude must be above 0, got {args.magnitude}")
     scorer = Scorer(args.model)
     series = load_series(args.data)
-    values = select_channels(series, scorer.channels)
+    values = select_channels(series, scorer.channels)[args.start:]
     require_rows(series, scorer.window)
     length = args.length or max(1, scorer.window // 2)
     if len(values) <= scorer.window + length:
-        raise UserError(f"{args.data}: {len(values)} rows; injecting a fault of {length} points after a first "
+        raise UserError(f"{args.data}: {len(values)} rows" + (f" from row {args.start}" if args.start else "")
+                        + "; injecting a fault of {length} points after a first "
                         f"window of {scorer.window} needs more than {scorer.window + length}")
     result = synthetic.synthetic_check(scorer, values, repeats=args.repeats, seed=args.seed,
                                        magnitude=args.magnitude, length=length)
     result.update({"model": f"{scorer.name}:{scorer.version}", "model_dir": str(args.model), "data": str(args.data),
-                   "provider": scorer.provider})
+                   "start_row": args.start, "provider": scorer.provider})
     text = synthetic.markdown(result, f"Synthetic faults: {result['model']} on {args.data}")
     print(text, end="")
     if args.out:
@@ -536,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", required=True, help="model directory (model.onnx + model.json)")
     v.add_argument("--data", required=True, help="NORMAL data the model was not trained on (.npy or CSV), e.g. a "
                    "later stretch of the same source")
+    v.add_argument("--start", type=_non_negative_int, default=0, help="use the rows from this one on (e.g. the "
+                   "card's training.train_points, when --data is the file the model was trained on)")
     v.add_argument("--repeats", type=_positive_int, default=20, help="faults of each kind (default 20)")
     v.add_argument("--length", type=_positive_int, help="points per fault (default: half a window; a spike is 1)")
     v.add_argument("--magnitude", type=float, default=1.0, help="scales every fault's size (default 1: spike 6, "

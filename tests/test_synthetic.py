@@ -72,6 +72,11 @@ def test_validate_command_writes_a_report_and_refuses_bad_input(sequence_model, 
                      "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["repeats"] == 4 and report["length"] == 8 and set(report["kinds"]) == set(S.KINDS)
+    assert report["windows"] == 300 - 16 + 1 and report["start_row"] == 0
+    # --start: only the rows from there on
+    assert cli_main(["validate", "--model", str(sequence_model), "--data", str(data), "--repeats", "2",
+                     "--start", "100", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["windows"] == 200 - 16 + 1
     assert "level_shift" in (out / "report.md").read_text() and "detected" in capsys.readouterr().out
     short = tmp_path / "short.csv"
     np.savetxt(short, synthetic_series(20, seed=5), delimiter=",", header="a,b,c", comments="")
