@@ -139,6 +139,12 @@ def run_channel(task: dict) -> dict:
     return evaluate_channel(chan, d, c, saved)
 
 
+def held_out_points(train_points: int, window: int) -> int:
+    """How many of a channel's last train points the WGAN model holds out (calibrates on, never
+    trains on): 20 %, at least a window and 50 points more."""
+    return max(int(0.2 * train_points), window + 50)
+
+
 def _wgan_scores(task: dict, train: np.ndarray, test: np.ndarray, cols: list[int], model_dir: Path) -> dict:
     """Train the WGAN model on ``train`` (its last 20 % held out), score ``test`` and the held-out part."""
     import torch
@@ -151,7 +157,7 @@ def _wgan_scores(task: dict, train: np.ndarray, test: np.ndarray, cols: list[int
     if config.runner.get("score_columns") is not None:  # conditioned on the other columns read
         model = replace(model, score_channels=tuple(f"c{i}" for i in _columns(str(config.runner["score_columns"]),
                                                                            len(cols))))
-    calib_points = max(int(0.2 * len(train)), model.window + 50)
+    calib_points = held_out_points(len(train), model.window)
     fraction = 1.0 - calib_points / len(train)
     fit = fit_and_score(train, test, [f"c{i}" for i in cols], model_dir, model, train_fraction=fraction,
                         name=task["channel"], source=f"{Path(task['data']).name}/train/{task['channel']}.npy",
@@ -255,7 +261,7 @@ def synthetic_channel(task: dict) -> dict:
     scorer = Scorer(Path(task["models"]) / task["channel"], threads=task.get("threads", 1))
     train = np.load(Path(task["data"]) / "train" / f"{task['channel']}.npy")
     train = train[:, [int(c[1:]) for c in scorer.channels]]  # the runner names column i "c<i>"
-    calib_points = max(int(0.2 * len(train)), scorer.window + 50)  # as _wgan_scores held them out
+    calib_points = held_out_points(len(train), scorer.window)
     r = synthetic_check(scorer, train[len(train) - calib_points:])
     return {"mean_auprc": r["mean_auprc"], "mean_detected": r["mean_detected"],
             **{f"{k}_auprc": v["auprc"] for k, v in r["kinds"].items()}}

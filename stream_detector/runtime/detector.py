@@ -542,11 +542,10 @@ class Detector:
                                        st.channels))
                     continue
                 st.pending.append(g.served.version, starts[ix], ends[ix], scores[ix], channel_scores[ix], peaks[ix])
-                if getattr(st.threshold, "wants_windows", False):
-                    values = g.stacked() if values is None else values
-                    flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64), windows=values[ix])
-                else:
-                    flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64))
+                if st.threshold.wants_windows and values is None:
+                    values = g.stacked()
+                flags, thresholds = st.threshold.update(np.asarray(scores[ix], np.float64),
+                                                        values[ix] if st.threshold.wants_windows else None)
                 if len(flags):
                     out.append(self._decided(source, st, len(flags), flags, thresholds))
         return out

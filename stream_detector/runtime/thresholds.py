@@ -97,16 +97,18 @@ class AdaptiveThreshold:
 
     method: str = ""
     max_lag: int = 0
+    wants_windows: bool = False  # True: update() needs the scored windows too (the spatial rule)
 
     def __init__(self, params: dict):
         self.params = dict(params)
         self._flushed = False
 
     # -- interface --------------------------------------------------------------------------
-    def update(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, scores: np.ndarray, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Feed this source's next window scores (1-D, in order); returns ``(flags, thresholds)``
         of the windows decided by this call: always the oldest undecided ones, in order (possibly
-        none, possibly more than were fed)."""
+        none, possibly more than were fed).  ``windows`` (``[k, W, C]``, the scored windows) is
+        read only by a procedure that :attr:`wants_windows`."""
         if self._flushed:
             raise RuntimeError("update() after flush(): a flushed procedure has ended its series")
         return self._update(_as_scores(scores))
@@ -528,12 +530,10 @@ class LikelihoodThreshold(AdaptiveThreshold):
 
     @property
     def wants_windows(self) -> bool:
-        """True when :meth:`update` needs the windows (the spatial rule is on)."""
         return self.spatial_tolerance > 0
 
     def update(self, scores, windows=None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`AdaptiveThreshold.update`; ``windows`` ``[k, W, C]`` (the scored windows, for
-        the spatial rule; required when it is on, ignored otherwise)."""
+        """:meth:`AdaptiveThreshold.update`; ``windows`` is required while the spatial rule is on."""
         flags, thr = super().update(scores)
         if self.wants_windows:
             if windows is None:

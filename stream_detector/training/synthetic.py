@@ -122,8 +122,11 @@ def synthetic_check(scorer, clean: np.ndarray, *, repeats: int = 20, seed: int =
     for kind in kinds:
         labels, scores, hits = [], [], 0
         for fault in draw_faults(kind, len(x), w, channels, length, repeats, rng):
-            s = score_with_model(scorer, inject(x, fault, scales[fault.channel], rng, magnitude).astype(np.float32),
-                                 stride=1).windows["scores"]
+            # only the windows overlapping the fault change: score those, keep the clean scores elsewhere
+            lo, hi = max(0, fault.start - w + 1), min(len(x), fault.start + fault.length + w - 1)
+            s = base.copy()
+            part = inject(x, fault, scales[fault.channel], rng, magnitude)[lo:hi].astype(np.float32)
+            s[lo:hi - w + 1] = score_with_model(scorer, part, stride=1).windows["scores"]
             pos = (starts <= fault.start + fault.length - 1) & (starts + w - 1 >= fault.start)
             ok = np.isfinite(s)
             labels.append(pos[ok])
