@@ -192,16 +192,50 @@ def test_log_likelihood_is_nabs_numenta_scaling():
 def test_post_process_likelihood_waits_for_the_probation():
     rng = np.random.default_rng(5)
     raw = np.abs(rng.normal(size=3000))
+    half = math.log(0.5) / math.log(1e-10)  # the log-scaled 0.5 of a point before the first estimate
     cfg = dict(nab.DEFAULT_CONFIG, post="likelihood", spatial_tolerance=0.0)
-    out = nab.post_process(raw, cfg, probationary=750)
-    np.testing.assert_allclose(out[:850], math.log(0.5) / math.log(1e-10), rtol=1e-6)
-    assert np.all((out >= 0.0) & (out <= 1.0)) and np.any(out[850:] != out[0])
-    # A short probation: nupic's own learning period (288) is the bound.
-    out = nab.post_process(raw, cfg, probationary=169)
+    # NAB's numenta detector (the default): learning period = the probation's first half, estimation
+    # samples = its second half, so the first point after the probation is the first one estimated.
+    assert cfg["likelihood_periods"] == "probation"
+    for prob in (750, 169):
+        out = nab.post_process(raw, cfg, probationary=prob)
+        np.testing.assert_allclose(out[:prob], half, rtol=1e-6)
+        assert out[prob] != out[0] and np.all((out >= 0.0) & (out <= 1.0))
+    # nupic's periods: never before the probation ends, plus 100 estimation samples...
+    nupic = dict(cfg, likelihood_periods="nupic")
+    out = nab.post_process(raw, nupic, probationary=750)
+    np.testing.assert_allclose(out[:850], half, rtol=1e-6)
+    assert np.any(out[850:] != out[0])
+    # ... and for a short probation nupic's own learning period (288) is the bound.
+    out = nab.post_process(raw, nupic, probationary=169)
     assert out[387] == out[0] and np.any(out[388:400] != out[0])
+    # A configuration written before the key existed ran nupic's periods.
+    legacy = {k: v for k, v in nupic.items() if k != "likelihood_periods"}
+    np.testing.assert_array_equal(nab.post_process(raw, legacy, 169), out)
+    assert nab.NabConfig.from_dict(legacy).likelihood_periods == "nupic"
     # The rank post-processing is still there.
     np.testing.assert_array_equal(nab.post_process(raw, dict(cfg, post="rank"), 750),
                                   nab.causal_rank(nab.moving_average(raw, cfg["smoothing"])))
+
+
+def test_file_likelihood_periods_hand_computed():
+    lik = dict(nab.LIKELIHOOD)
+    p = nab.file_likelihood(lik, 169, "probation")
+    assert (p["learning_period"], p["estimation_samples"]) == (84, 85)
+    assert p["reestimation_period"] == 100 and p["historic_window"] == 8640  # the rest unchanged
+    p = nab.file_likelihood(lik, 169, "nupic")
+    assert (p["learning_period"], p["estimation_samples"]) == (288, 100)
+    assert nab.file_likelihood(lik, 750, "nupic")["learning_period"] == 750
+    with pytest.raises(ValueError, match="unknown likelihood periods"):
+        nab.file_likelihood(lik, 169, "htm")
+
+
+def test_likelihood_overrides_conflicting_with_probation_periods_are_refused(nab_folder, tmp_path):
+    with pytest.raises(UserError, match="each file's probation.*--likelihood-periods nupic"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--likelihood", "learning_period=400"])
+    with pytest.raises(UserError, match="--post likelihood"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--post", "rank",
+                  "--likelihood-periods", "nupic"])
 
 
 def test_spatial_anomalies_hand_computed():
@@ -422,6 +456,13 @@ def test_worker_likelihood_params_reproduce_the_offline_count_of_points():
         diff = np.max(np.abs(by_windows - offline[w - 1:]))
         assert (diff <= 1e-12) == equal, (period, diff)
         np.testing.assert_array_equal(offline[: w - 1], 0.5)  # what points before the first window get
+    # NAB's numenta periods (the default): the same shift of the probation's first half
+    lik = dict(nab.LIKELIHOOD, reestimation_period=15)
+    offline = nab.anomaly_likelihood(raw, **nab.file_likelihood(lik, prob, "probation"))
+    params = nab.worker_likelihood_params(lik, prob, w, "probation")
+    assert (params["learning_period"], params["estimation_samples"]) == (prob // 2 - (w - 1), prob - prob // 2)
+    by_windows = nab.anomaly_likelihood(raw[w - 1:], **params)
+    assert np.any(by_windows != 0.5) and np.max(np.abs(by_windows - offline[w - 1:])) <= 1e-12
 
 
 def test_windows_to_points_maps_as_the_offline_runner():
@@ -504,13 +545,15 @@ def test_nab_via_worker_likelihoods_equal_the_offline_ones(nab_small, nab_small_
     assert all(s["spatial_tolerance"] == 0.05 for s in result["threshold_per_file"].values())
     assert sum(row["spatial_anomalies"] for row in result["per_file"]) > 0
     assert result["likelihood"]["reestimation_period"] == VIA_WINDOW - 1
+    assert result["config"]["likelihood_periods"] == "probation"
     for row in result["per_file"]:
         run = row["worker_run"]
         assert row["points"] == VIA_POINTS and row["probationary"] == 225
         assert run["published"] == run["windows"] == VIA_POINTS - VIA_WINDOW + 1, row
         assert run["missing"] == run["duplicates"] == run["unexpected"] == 0
         assert row["records_without_likelihood"] == 0
-        assert row["learning_period_windows"] == 288 - (VIA_WINDOW - 1)
+        # NAB's numenta periods (the default): the probation's first half, less window-1
+        assert row["learning_period_windows"] == 225 // 2 - (VIA_WINDOW - 1)
         assert row["windows_estimated"] > 1000  # the likelihood left 0.5: estimates happened
         assert row["max_raw_score_difference"] <= 1e-5
         # every published window (and so every point) carries the offline likelihood

@@ -14,11 +14,15 @@ The raw score of a point is the model's score of the window that ends at it.  NA
 score in ``[0, 1]``; two causal post-processings turn the raw score into one (``--post``):
 
 * ``likelihood`` (default): Numenta's anomaly likelihood (nupic's ``AnomalyLikelihood`` as used
-  by NAB's ``numenta`` detector), with its published defaults: a normal distribution is fitted
-  to the 10-point moving averages of the raw score over a trailing history of 8640 points
-  (re-estimated every 100 points, never from the first ``max(288, probation)`` points: the
-  learning period, which for this detector includes the probation the model was trained
-  on); the likelihood of a point is one minus the Gaussian tail probability of its own
+  by NAB's ``numenta`` detector): a normal distribution is fitted to the 10-point moving
+  averages of the raw score over a trailing history of 8640 points (re-estimated every 100
+  points, never from the learning period's points); ``--likelihood-periods`` says which:
+  ``probation`` (default, as NAB's ``numenta`` detector sets them: the first half of the
+  probation is the learning period, its second half the estimation samples, so the first
+  estimate falls on the first scored point) or ``nupic`` (nupic's defaults, the runner's
+  setting until 2026-12-03: a learning period of ``max(288, probation)`` points, then 100
+  estimation samples, so nothing is scored in the first 100 or more points after the
+  probation); the likelihood of a point is one minus the Gaussian tail probability of its own
   10-point average, nupic's red/yellow filter keeps only the first of consecutive points
   above 0.99999, and the reported score is NAB's log scaling
   ``log(1.0000000001 - L) / log(1 - 0.9999999999)``;
@@ -74,14 +78,17 @@ PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
 # Training budgeted in iterations, never in seconds (a seed gives the same scores again).
 DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=200, encoder_iterations=200,
                       encoder_mode="izi_f", kappa=1.0, max_seconds=None, probationary=0.15, smoothing=5, seed=0,
-                      post="likelihood", spatial_tolerance=0.05)
+                      post="likelihood", spatial_tolerance=0.05, likelihood_periods="probation")
 POST = ("likelihood", "rank")
+# where the anomaly likelihood's learning period and estimation samples come from (file_likelihood)
+LIKELIHOOD_PERIODS = ("probation", "nupic")
 # nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
 # reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
 LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
                   averaging_window=10, red=0.99999, yellow=0.999, std_floor=1e-3)
 # keys of the flat configuration that are NAB's own, not the model's (see NabConfig)
-RUNNER_KEYS = ("probationary", "smoothing", "post", "likelihood", "spatial_tolerance", "rescored_from")
+RUNNER_KEYS = ("probationary", "smoothing", "post", "likelihood", "spatial_tolerance", "likelihood_periods",
+               "rescored_from")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class NabConfig:
     post: str = "likelihood"
     likelihood: dict | None = None
     spatial_tolerance: float = 0.0
+    likelihood_periods: str = "nupic"  # what a configuration written before the key existed ran
     rescored_from: str | None = None
 
     @classmethod
@@ -197,6 +205,21 @@ def spatial_anomalies(values: np.ndarray, tolerance: float) -> np.ndarray:
                          np.array([-np.inf]), tolerance)[0]
 
 
+def file_likelihood(likelihood: dict, probationary: int, periods: str) -> dict:
+    """The anomaly likelihood's parameters for one file whose probation is ``probationary``
+    points, counted in points.  ``periods="probation"`` is NAB's ``numenta`` detector: learning
+    period ``floor(probation / 2)``, estimation samples the rest of the probation, so the first
+    estimate falls on the first point NAB scores (the detector learnt from the probation; the
+    likelihood only needs to know its scores' spread).  ``periods="nupic"`` keeps nupic's learning
+    period but never less than the probation, then ``estimation_samples`` more points."""
+    if periods == "probation":
+        learning = int(probationary) // 2
+        return dict(likelihood, learning_period=learning, estimation_samples=int(probationary) - learning)
+    if periods == "nupic":
+        return dict(likelihood, learning_period=max(int(likelihood["learning_period"]), int(probationary)))
+    raise ValueError(f"unknown likelihood periods {periods!r} (one of {', '.join(LIKELIHOOD_PERIODS)})")
+
+
 def post_process(x: np.ndarray, cfg: dict, probationary: int, values: np.ndarray | None = None) -> np.ndarray:
     """``x`` (one file's raw scores) to a NAB score in [0, 1] by ``cfg['post']``, then 1.0 at the
     spatial anomalies of ``values`` (the file's points) when ``cfg['spatial_tolerance']`` > 0."""
@@ -204,8 +227,8 @@ def post_process(x: np.ndarray, cfg: dict, probationary: int, values: np.ndarray
     if post == "rank":
         out = causal_rank(moving_average(x, cfg["smoothing"]))
     elif post == "likelihood":
-        p = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
-        p["learning_period"] = max(p["learning_period"], probationary)
+        p = file_likelihood(dict(LIKELIHOOD, **cfg.get("likelihood", {})), probationary,
+                            cfg.get("likelihood_periods", "nupic"))
         out = log_likelihood(anomaly_likelihood(x, **p))
     else:
         raise ValueError(f"unknown post-processing {post!r}")
@@ -307,6 +330,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spatial-tolerance", type=float,
                    help="Numenta's spatial rule: a value outside the range of all earlier values by more than this "
                         "fraction of the range scores 1.0 (default 0.05, NAB's numenta detector; 0: off)")
+    p.add_argument("--likelihood-periods", choices=LIKELIHOOD_PERIODS,
+                   help="the likelihood's learning period and estimation samples: 'probation' (default, NAB's "
+                        "numenta detector: the probation's first and second half) or 'nupic' (max(288, probation) "
+                        "points, then 100)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>-seed<k>/<category>/*.csv with "
                    "raw_score): reuse its scores, no training, and apply this run's post-processing")
     p.add_argument("--likelihood", action="append", default=[], metavar="KEY=VALUE",
@@ -502,10 +529,17 @@ def run(a: argparse.Namespace) -> Report:
         if not a.spatial_tolerance >= 0:
             raise UserError(f"--spatial-tolerance must be 0 or more, got {a.spatial_tolerance}")
         cfg["spatial_tolerance"] = a.spatial_tolerance
+    if a.likelihood_periods:
+        cfg["likelihood_periods"] = a.likelihood_periods
     if cfg["post"] == "likelihood":
-        cfg["likelihood"] = dict(LIKELIHOOD, **parse_likelihood_overrides(a.likelihood))
-    elif a.likelihood:
-        raise UserError("--likelihood sets the parameters of --post likelihood")
+        overrides = parse_likelihood_overrides(a.likelihood)
+        fixed = sorted({"learning_period", "estimation_samples"} & set(overrides))
+        if fixed and cfg["likelihood_periods"] == "probation":
+            raise UserError(f"--likelihood {', '.join(fixed)}: with --likelihood-periods probation they come from "
+                            "each file's probation; add --likelihood-periods nupic to set them")
+        cfg["likelihood"] = dict(LIKELIHOOD, **overrides)
+    elif a.likelihood or a.likelihood_periods:
+        raise UserError("--likelihood and --likelihood-periods set the parameters of --post likelihood")
     try:
         NabConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
         detectors, seeds = parse_detectors(a.detectors), parse_seeds(a.seeds)
@@ -589,20 +623,20 @@ def model_folder(name: str) -> str:
     return name.replace("/", "__")
 
 
-def worker_likelihood_params(likelihood: dict, probationary: int, window: int) -> dict:
+def worker_likelihood_params(likelihood: dict, probationary: int, window: int, periods: str = "nupic") -> dict:
     """The ``likelihood`` threshold parameters, in windows, of the worker route that reproduces the
     offline post-processing of one file (stride 1).
 
     Offline, the procedure runs over the file's POINT scores, ``window - 1`` of them (before the
     first complete window) NaN, and its positions count points; the worker feeds it window scores
     only, and its positions count windows (window ``j`` ends at point ``j + window - 1``).  The
-    learning period (``max(learning_period, probationary)`` points offline) is therefore shortened
+    learning period (:func:`file_likelihood`'s, in points offline) is therefore shortened
     by ``window - 1``, so that the same moving averages are left out and the first estimate falls on
     the same point.  Re-estimation still happens every ``reestimation_period`` positions counted
     from the first window, i.e. ``window - 1`` points out of phase with the offline run, unless
     ``reestimation_period`` divides ``window - 1``: only then are the two equal to rounding."""
-    lp = max(int(likelihood["learning_period"]), int(probationary))
-    return dict(likelihood, learning_period=max(0, lp - (window - 1)))
+    p = file_likelihood(likelihood, probationary, periods)
+    return dict(p, learning_period=max(0, p["learning_period"] - (window - 1)))
 
 
 def windows_to_points(n_points: int, end_idx: np.ndarray, values: np.ndarray, before: float = 0.5) -> np.ndarray:
@@ -661,6 +695,7 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         raise UserError(f"--batch-points must be a positive integer, got {a.batch_points}")
     started = time.monotonic()
     lik = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
+    periods = cfg.get("likelihood_periods", "nupic")
     tol = float(cfg.get("spatial_tolerance") or 0.0)
     offline, series, specs, info, spatial = {}, {}, {}, {}, {}
     for f in files:
@@ -670,14 +705,14 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         prob = probationary_length(n, cfg["probationary"])
         scored = score_with_model(mdir, values.reshape(-1, 1), stride=1, threads=a.threads)
         w, raw = scored.scorer.window, scored.points
-        params = worker_likelihood_params(lik, prob, w)
+        params = worker_likelihood_params(lik, prob, w, periods)
         # the spatial rule: the worker judges no point before its first window (they lie in the
         # probation, which NAB does not score), so neither does the comparison
         spatial[f] = spatial_anomalies(values, tol)
         spatial[f][: w - 1] = False
         by_windows = np.full(n, 0.5)
         by_windows[w - 1:] = anomaly_likelihood(raw[w - 1:], **params)
-        whole = anomaly_likelihood(raw, **dict(lik, learning_period=max(lik["learning_period"], prob)))
+        whole = anomaly_likelihood(raw, **file_likelihood(lik, prob, periods))
         offline[f] = {"timestamps": timestamps, "raw": raw, "likelihood": np.where(spatial[f], 1.0, whole),
                       "likelihood_windows": np.where(spatial[f], 1.0, by_windows)}
         series[model_folder(f)] = values.reshape(-1, 1)
@@ -773,8 +808,8 @@ def via_worker_markdown(result: dict) -> str:
              "stride 1) post-processed by `anomaly_likelihood` over the file's points, as `bench nab` does.  Via the "
              f"worker: each file sent as batch messages of {w['settings']['batch_points']} points through the "
              "embedded broker to the worker serving a model repository with one source and route per file "
-             "(`threshold: {method: likelihood, ...}`, the offline parameters, learning period "
-             "`max(learning_period, probation) - (window - 1)` windows), the `likelihood` field of each published "
+             "(`threshold: {method: likelihood, ...}`, the offline parameters, the offline learning period "
+             f"(`{result['config'].get('likelihood_periods', 'nupic')}` periods) less `window - 1` windows), the `likelihood` field of each published "
              "score record mapped to points as the offline runner maps window scores (a point takes the window "
              "ending at it; points before the first window get 0.5, as offline).  Both are log-scaled "
              "(`log_likelihood`) and scored alike (in memory, threshold optimised per profile over these files).",
