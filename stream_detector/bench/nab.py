@@ -538,6 +538,9 @@ def run(a: argparse.Namespace) -> Report:
             raise UserError(f"--likelihood {', '.join(fixed)}: with --likelihood-periods probation they come from "
                             "each file's probation; add --likelihood-periods nupic to set them")
         cfg["likelihood"] = dict(LIKELIHOOD, **overrides)
+        if cfg["likelihood_periods"] == "probation":  # each file's probation sets these: not one value to report
+            cfg["likelihood"] = {k: v for k, v in cfg["likelihood"].items()
+                                 if k not in ("learning_period", "estimation_samples")}
     elif a.likelihood or a.likelihood_periods:
         raise UserError("--likelihood and --likelihood-periods set the parameters of --post likelihood")
     try:
