@@ -266,6 +266,19 @@ def test_post_process_spatial_rule_scores_one_on_top_of_the_likelihood():
         nab.post_process(raw, cfg, probationary=300)
 
 
+def test_files_without_any_anomaly_window_are_refused_before_training(tmp_path):
+    """NAB normalises by what the files can earn: with no labelled window that is zero, so a
+    --limit that picks only such files gets a readable error, not a division by zero."""
+    root = tmp_path / "nab"
+    (root / "data" / "artificialNoAnomaly").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "data" / "artificialNoAnomaly" / "flat.csv").write_text(
+        "timestamp,value\n" + "".join(f"2014-04-01 00:{i // 60:02d}:{i % 60:02d},1.0\n" for i in range(300)))
+    (root / "labels" / "combined_windows.json").write_text(json.dumps({"artificialNoAnomaly/flat.csv": []}))
+    with pytest.raises(UserError, match="none of the 1 file.*labelled anomaly window.*--limit"):
+        nab.main(["--data", str(root), "--out", str(tmp_path / "out"), "--detectors", "zscore", "--seeds", "0"])
+
+
 def test_spatial_tolerance_must_not_be_negative(nab_folder, tmp_path):
     with pytest.raises(UserError, match="--spatial-tolerance must be 0 or more"):
         nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--spatial-tolerance", "-0.1"])

@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import json
 import math
 import os
 import platform
@@ -322,6 +323,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="wall-clock cap on the WGAN's training per file (default: none; "
                                                       "budgets are iterations)")
     p.add_argument("--iterations", type=int)
+    from ..cli import SCORE_KINDS
+
+    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default "
+                                                        "fanogan)")
     p.add_argument("--name", default="nab", help="output file stem (default nab)")
     p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
@@ -523,6 +528,8 @@ def run(a: argparse.Namespace) -> Report:
         cfg["max_seconds"] = a.max_seconds
     if a.iterations:
         cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
+    if a.score:
+        cfg["score"] = a.score
     if a.post:
         cfg["post"] = a.post
     if a.spatial_tolerance is not None:
@@ -549,6 +556,10 @@ def run(a: argparse.Namespace) -> Report:
     except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
     files = _files(root)[: a.limit] if a.limit else _files(root)
+    windows = json.loads((root / "labels" / "combined_windows.json").read_text())
+    if not any(windows.get(f) for f in files):  # NAB's normalised score divides by what they can earn
+        raise UserError(f"none of the {len(files)} file(s) chosen has a labelled anomaly window, so NAB's score is "
+                        "undefined; take more files (--limit)")
     if a.via_worker:
         return via_worker_main(a, root, cfg, files)
     models = Path(a.models) if a.models else Path(tempfile.mkdtemp(prefix="sd-nab-"))

@@ -474,7 +474,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or 'all' (default 0, the telemetry value; SMAP's other 24 are command flags)")
     p.add_argument("--score-columns", help="of those, the columns the score is about (default: all read); e.g. "
                    "--channels all --score-columns 0 conditions the model on the command flags")
-    p.add_argument("--score", choices=["fanogan", "critic", "combined", "forecast", "hybrid"],
+    from ..cli import SCORE_KINDS
+
+    p.add_argument("--score", choices=SCORE_KINDS,
                    help="the WGAN model's score kind, as train --score (default fanogan)")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
