@@ -279,6 +279,17 @@ def test_files_without_any_anomaly_window_are_refused_before_training(tmp_path):
         nab.main(["--data", str(root), "--out", str(tmp_path / "out"), "--detectors", "zscore", "--seeds", "0"])
 
 
+def test_score_kind_reaches_every_file_model(nab_folder, tmp_path):
+    """``--score forecast``: every file's model is a forecast model, and the report says so."""
+    models = tmp_path / "models"
+    assert nab.main(["--data", str(nab_folder), "--out", str(tmp_path / "out"), "--models", str(models),
+                     "--iterations", "10", "--detectors", "wgan", "--seeds", "0", "--score", "forecast",
+                     "--name", "fc"]) == 0
+    cards = [json.loads(p.read_text()) for p in sorted((models / "wgan" / "seed0").glob("*/model.json"))]
+    assert len(cards) == 3 and {c["score"]["kind"] for c in cards} == {"forecast"}
+    assert json.loads((tmp_path / "out" / "fc.json").read_text())["config"]["score"] == "forecast"
+
+
 def test_spatial_tolerance_must_not_be_negative(nab_folder, tmp_path):
     with pytest.raises(UserError, match="--spatial-tolerance must be 0 or more"):
         nab.main(["--data", str(nab_folder), "--out", str(tmp_path), "--spatial-tolerance", "-0.1"])
