@@ -409,6 +409,9 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
                      "--rescore", str(results), "--name", "nabtest_rescored"]) == 0
     rescored = json.loads((out / "nabtest_rescored.json").read_text())
     assert rescored["config"]["rescored_from"] == str(results)
+    # the training time is the original run's, which a rescore does not know: not reported as 0
+    assert report["comparison"]["wgan"]["train_seconds"]["mean"] > 0
+    assert "train_seconds" not in rescored["comparison"]["wgan"]
     for profile, s in rescored["scores"].items():
         assert s["score"] == pytest.approx(report["scores"][profile]["score"], abs=0.5), profile
     # ... the rank post-processing starts at 0 (nothing seen before the first point) ...

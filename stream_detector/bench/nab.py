@@ -596,7 +596,8 @@ def run(a: argparse.Namespace) -> Report:
         run_scores[det, seed] = score_nab_results(results_dir / name, root)
         per_seed.setdefault(det, {})[seed] = {
             **{p: s["score"] for p, s in run_scores[det, seed].items()},
-            "train_seconds": sum(r["train_seconds"] for r in groups[det, seed])}
+            # a rescore trains nothing and does not know the original training time: no figure
+            **({} if a.rescore else {"train_seconds": sum(r["train_seconds"] for r in groups[det, seed])})}
     primary = next((k for k in order if k[0] == "wgan"), order[0])
     rows, scores = groups[primary], run_scores[primary]
     result = {"config": cfg, "files": len(rows),
