@@ -275,6 +275,8 @@ def test_files_without_any_anomaly_window_are_refused_before_training(tmp_path):
     (root / "data" / "artificialNoAnomaly" / "flat.csv").write_text(
         "timestamp,value\n" + "".join(f"2014-04-01 00:{i // 60:02d}:{i % 60:02d},1.0\n" for i in range(300)))
     (root / "labels" / "combined_windows.json").write_text(json.dumps({"artificialNoAnomaly/flat.csv": []}))
+    (root / "config").mkdir()
+    (root / "config" / "profiles.json").write_text(json.dumps(_profiles()))
     with pytest.raises(UserError, match="none of the 1 file.*labelled anomaly window.*--limit"):
         nab.main(["--data", str(root), "--out", str(tmp_path / "out"), "--detectors", "zscore", "--seeds", "0"])
 
@@ -288,6 +290,14 @@ def test_score_kind_reaches_every_file_model(nab_folder, tmp_path):
     cards = [json.loads(p.read_text()) for p in sorted((models / "wgan" / "seed0").glob("*/model.json"))]
     assert len(cards) == 3 and {c["score"]["kind"] for c in cards} == {"forecast"}
     assert json.loads((tmp_path / "out" / "fc.json").read_text())["config"]["score"] == "forecast"
+
+
+def test_an_incomplete_nab_folder_is_refused_before_training(nab_folder, tmp_path):
+    (nab_folder / "config" / "profiles.json").unlink()
+    with pytest.raises(UserError, match="is not a NAB folder: config/profiles.json missing"):
+        nab.main(["--data", str(nab_folder), "--out", str(tmp_path / "out"), "--detectors", "zscore"])
+    with pytest.raises(UserError, match="data, labels/combined_windows.json, config/profiles.json missing"):
+        nab.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
 
 
 def test_spatial_tolerance_must_not_be_negative(nab_folder, tmp_path):

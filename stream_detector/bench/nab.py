@@ -521,8 +521,11 @@ def run(a: argparse.Namespace) -> Report:
     from .peers import versions
 
     root = Path(a.data)
-    if not (root / "data").is_dir() or not (root / "labels" / "combined_windows.json").exists():
-        raise UserError(f"{root} is not a NAB folder: need data/ and labels/combined_windows.json")
+    missing = [need for need in ("data", "labels/combined_windows.json", "config/profiles.json")
+               if not (root / need).exists()]
+    if missing:  # checked before any training: the scorer needs all three
+        raise UserError(f"{root} is not a NAB folder: {', '.join(missing)} missing (need data/, "
+                        "labels/combined_windows.json and config/profiles.json)")
     cfg = dict(DEFAULT_CONFIG)
     if a.max_seconds is not None:
         cfg["max_seconds"] = a.max_seconds
