@@ -151,6 +151,18 @@ def test_telemanom_bench_rejects_a_wrong_folder(tmp_path):
         main(["--data", str(tmp_path)])
 
 
+def test_only_names_channels_the_folder_has(tmp_path):
+    """A typo in --only is refused before anything runs, naming the channel (it used to end in
+    'no channel could be run: ... FileNotFoundError')."""
+    from stream_detector.bench.telemanom import main
+    from stream_detector.errors import UserError
+
+    _spacecraft(tmp_path / "toy")
+    with pytest.raises(UserError, match="--only: no labelled channel X-9 with data in .*it has 2, e.g. X-1, X-2"):
+        main(["--data", str(tmp_path / "toy"), "--only", "X-1,X-9", "--detectors", "zscore", "--seeds", "0",
+              "--out", str(tmp_path / "out")])
+
+
 def test_synthetic_needs_rescore(tmp_path):
     from stream_detector.bench.telemanom import main
     from stream_detector.errors import UserError

@@ -543,7 +543,14 @@ def run(a: argparse.Namespace) -> Report:
         detectors, seeds = parse_detectors(a.detectors or "all"), parse_seeds(a.seeds or "0,1,2")
     except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
-    chans = a.only.split(",") if a.only else channel_ids(data, a.spacecraft or None)
+    if a.only:  # any labelled channel with data, whatever --spacecraft says
+        chans, known = a.only.split(","), channel_ids(data, None)
+        unknown = [c for c in chans if c not in known]
+        if unknown:
+            raise UserError(f"--only: no labelled channel {', '.join(unknown)} with data in {data}; it has "
+                            f"{len(known)}, e.g. {', '.join(known[:5])}")
+    else:
+        chans = channel_ids(data, a.spacecraft or None)
     chans = chans[: a.limit] if a.limit else chans
     if a.via_worker:
         return via_worker_main(a, data, cfg, chans)
