@@ -90,6 +90,8 @@ def test_nab_main_turns_a_bad_key_into_one_user_error(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "combined_windows.json").write_text("{}")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "profiles.json").write_text("{}")
     monkeypatch.setitem(nab.DEFAULT_CONFIG, "windw", 3)
     with pytest.raises(UserError, match="'windw'"):
         nab.main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
