@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
-import json
 import math
 import os
 import platform
@@ -83,6 +82,7 @@ DEFAULT_CONFIG = dict(window=32, transform="sequence", arch="conv", iterations=2
 POST = ("likelihood", "rank")
 # where the anomaly likelihood's learning period and estimation samples come from (file_likelihood)
 LIKELIHOOD_PERIODS = ("probation", "nupic")
+PERIODS_BEFORE_THE_KEY = "nupic"  # what a configuration written before ``likelihood_periods`` existed ran
 # nupic's AnomalyLikelihood defaults (learningPeriod, estimationSamples, historicWindowSize,
 # reestimationPeriod, the moving-average window, and _filterLikelihoods' red/yellow levels).
 LIKELIHOOD = dict(learning_period=288, estimation_samples=100, historic_window=8640, reestimation_period=100,
@@ -104,7 +104,7 @@ class NabConfig:
     post: str = "likelihood"
     likelihood: dict | None = None
     spatial_tolerance: float = 0.0
-    likelihood_periods: str = "nupic"  # what a configuration written before the key existed ran
+    likelihood_periods: str = PERIODS_BEFORE_THE_KEY
     rescored_from: str | None = None
 
     @classmethod
@@ -229,7 +229,7 @@ def post_process(x: np.ndarray, cfg: dict, probationary: int, values: np.ndarray
         out = causal_rank(moving_average(x, cfg["smoothing"]))
     elif post == "likelihood":
         p = file_likelihood(dict(LIKELIHOOD, **cfg.get("likelihood", {})), probationary,
-                            cfg.get("likelihood_periods", "nupic"))
+                            cfg.get("likelihood_periods", PERIODS_BEFORE_THE_KEY))
         out = log_likelihood(anomaly_likelihood(x, **p))
     else:
         raise ValueError(f"unknown post-processing {post!r}")
@@ -518,6 +518,7 @@ def run(a: argparse.Namespace) -> Report:
     import torch
 
     from ..errors import UserError
+    from .nab_scorer import load_windows
     from .peers import versions
 
     root = Path(a.data)
@@ -559,8 +560,8 @@ def run(a: argparse.Namespace) -> Report:
     except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
     files = _files(root)[: a.limit] if a.limit else _files(root)
-    windows = json.loads((root / "labels" / "combined_windows.json").read_text())
-    if not any(windows.get(f) for f in files):  # NAB's normalised score divides by what they can earn
+    windows = load_windows(root / "labels" / "combined_windows.json")
+    if not any(len(windows.get(f, ())) for f in files):  # NAB's normalised score divides by what they can earn
         raise UserError(f"none of the {len(files)} file(s) chosen has a labelled anomaly window, so NAB's score is "
                         "undefined; take more files (--limit)")
     if a.via_worker:
@@ -641,7 +642,8 @@ def model_folder(name: str) -> str:
     return name.replace("/", "__")
 
 
-def worker_likelihood_params(likelihood: dict, probationary: int, window: int, periods: str = "nupic") -> dict:
+def worker_likelihood_params(likelihood: dict, probationary: int, window: int,
+                             periods: str = PERIODS_BEFORE_THE_KEY) -> dict:
     """The ``likelihood`` threshold parameters, in windows, of the worker route that reproduces the
     offline post-processing of one file (stride 1).
 
@@ -713,7 +715,7 @@ def via_worker_main(a: argparse.Namespace, root: Path, cfg: dict, files: list[st
         raise UserError(f"--batch-points must be a positive integer, got {a.batch_points}")
     started = time.monotonic()
     lik = dict(LIKELIHOOD, **cfg.get("likelihood", {}))
-    periods = cfg.get("likelihood_periods", "nupic")
+    periods = cfg.get("likelihood_periods", PERIODS_BEFORE_THE_KEY)
     tol = float(cfg.get("spatial_tolerance") or 0.0)
     offline, series, specs, info, spatial = {}, {}, {}, {}, {}
     for f in files:
@@ -827,7 +829,7 @@ def via_worker_markdown(result: dict) -> str:
              f"worker: each file sent as batch messages of {w['settings']['batch_points']} points through the "
              "embedded broker to the worker serving a model repository with one source and route per file "
              "(`threshold: {method: likelihood, ...}`, the offline parameters, the offline learning period "
-             f"(`{result['config'].get('likelihood_periods', 'nupic')}` periods) less `window - 1` windows), the `likelihood` field of each published "
+             f"(`{result['config'].get('likelihood_periods', PERIODS_BEFORE_THE_KEY)}` periods) less `window - 1` windows), the `likelihood` field of each published "
              "score record mapped to points as the offline runner maps window scores (a point takes the window "
              "ending at it; points before the first window get 0.5, as offline).  Both are log-scaled "
              "(`log_likelihood`) and scored alike (in memory, threshold optimised per profile over these files).",
