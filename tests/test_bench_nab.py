@@ -468,6 +468,50 @@ def test_peers_and_seeds_side_by_side(nab_folder, tmp_path):
         [r["scores"]["standard"]["score"] for r in report["runs"]])
     with pytest.raises(UserError, match="--detectors"):
         nab.main(["--data", str(nab_folder), "--out", str(out), "--detectors", "svm"])
+    # the seed ensemble from the same saved scores: one more row, after its seeds, reported as one figure
+    assert nab.main(["--data", str(nab_folder), "--out", str(out), "--results", str(tmp_path / "ens"),
+                     "--rescore", str(results), "--ensemble", "iforest,zscore", "--name", "peers_ens"]) == 0
+    ens = json.loads((out / "peers_ens.json").read_text())
+    assert [(r["detector"], r["seed"]) for r in ens["runs"]] == [
+        ("zscore", 0), ("zscore", 1), ("zscore-ensemble", 0), ("iforest", 0), ("iforest", 1), ("iforest-ensemble", 0),
+        ("hst", 0), ("hst", 1)]
+    assert ens["seeds_run"]["iforest-ensemble"] == [0, 1] and ens["ensembles"] == {
+        "zscore-ensemble": [0, 1], "iforest-ensemble": [0, 1]}
+    # |z| is deterministic: its two seeds are one detector, so their ensemble scores as either seed
+    z_ens = next(r for r in ens["runs"] if r["detector"] == "zscore-ensemble")["scores"]["standard"]["score"]
+    assert z_ens == pytest.approx(report["comparison"]["zscore"]["standard"]["mean"])
+    assert "| iforest-ensemble | ensemble of 0,1 |" in (out / "peers_ens.md").read_text()
+    with pytest.raises(UserError, match="--ensemble: unknown svm"):
+        nab.main(["--data", str(nab_folder), "--out", str(out), "--rescore", str(results), "--ensemble", "svm"])
+
+
+def test_seed_ensemble_weighs_each_seed_in_units_of_its_probation_mean(nab_folder):
+    """Two seeds whose raw scores differ by a factor of 10 (the same shape at two scales) and a
+    third of another shape: each is divided by its mean over the probation (NaN points, a
+    window's start, skipped), the three are averaged per point, and the NAB score is the
+    post-processing of that average."""
+    name = "catA/sine_spike.csv"
+    _, values = nab.read_nab_csv(nab_folder / "data" / name)
+    n, prob = len(values), 150
+    rng = np.random.default_rng(1)
+    a = 1.0 + rng.random(n)
+    a[:5] = np.nan
+    b = rng.random(n) + 0.5
+    cfg = dict(nab.DEFAULT_CONFIG)
+
+    def row(raw, seconds):
+        return {"name": name, "timestamps": list(range(n)), "scores": [], "raw": raw.tolist(), "points": n,
+                "probationary": prob, "train_seconds": seconds, "score_seconds": 0.5}
+
+    (ens,) = nab.ensemble_rows([[row(a, 1.0)], [row(10 * a, 2.0)], [row(b, 3.0)]], cfg, nab_folder)
+    unit_a, unit_b = np.nanmean(a[:prob]), np.mean(b[:prob])
+    want = (2 * a / unit_a + b / unit_b) / 3
+    np.testing.assert_allclose(ens["raw"], want)
+    assert np.isnan(ens["raw"][:5]).all()
+    np.testing.assert_allclose(ens["scores"], nab.post_process(want, cfg, prob, values))
+    assert ens["train_seconds"] == 6.0 and ens["probationary"] == prob
+    with pytest.raises(ValueError, match="files differ"):
+        nab.ensemble_rows([[row(a, 1.0)], [dict(row(b, 1.0), name="catB/quiet.csv")]], cfg, nab_folder)
 
 
 # ------------------------------------------------------------------------------------------

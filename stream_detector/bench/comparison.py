@@ -17,6 +17,14 @@ import numpy as np
 from .peers import PEERS
 
 DETECTORS = ("wgan",) + PEERS
+ENSEMBLE = "-ensemble"  # a detector's seeds averaged into one score report as "<detector>-ensemble"
+
+
+def report_order(key: tuple[str, int]) -> tuple[float, int]:
+    """Sort key of a ``(detector, seed)`` run in reports: the detectors' order, each seed
+    ensemble (``<detector>-ensemble``) right after its seeds."""
+    det = key[0].removesuffix(ENSEMBLE)
+    return DETECTORS.index(det) + (0.5 if key[0].endswith(ENSEMBLE) else 0.0), key[1]
 
 
 def parse_detectors(spec: str) -> list[str]:

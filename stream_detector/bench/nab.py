@@ -41,7 +41,11 @@ before any run with it; :func:`spatial_anomalies` has the rule.
 ones on the same models.
 
 ``--rescore RESULTS`` reapplies the post-processing to a previous run's saved raw scores
-without training.
+without training.  ``--ensemble DETECTORS`` adds, for each detector named that ran with two
+seeds or more, their seed ensemble (``<detector>-ensemble``, :func:`ensemble_rows`): per file,
+each seed's raw scores in units of their own mean over the probation, averaged point by point,
+then post-processed as a single detector's (offline only: the worker serves one model per
+route).
 
 **Detectors and seeds.**  ``--detectors`` (default: all) runs the WGAN model (``wgan``) and the
 peers of :mod:`stream_detector.bench.peers` under the same rules (trained on the probation
@@ -71,7 +75,7 @@ import numpy as np
 
 from ..training.fit import ConfigKeyError, SeriesModelConfig
 from . import machine
-from .comparison import DETECTORS, aggregate, cell, parse_detectors, parse_seeds
+from .comparison import DETECTORS, ENSEMBLE, aggregate, cell, parse_detectors, parse_seeds, report_order
 from .framework import Benchmark, Report
 
 PUBLISHED = {"ARTime": 74.9, "Numenta HTM": 70.1, "Random Cut Forest": 51.7}
@@ -306,6 +310,35 @@ def rescore_file(root: Path, detector_dir: Path, name: str, cfg: dict, window: i
             "train_seconds": 0.0, "score_seconds": round(time.monotonic() - started, 2)}
 
 
+def ensemble_rows(seed_rows: list[list[dict]], cfg: dict, root: Path) -> list[dict]:
+    """One row per file for the seed ensemble of one detector: ``seed_rows`` holds each seed's
+    rows (:func:`run_file` / :func:`rescore_file`, the same files in the same order).  Each seed's
+    raw scores are divided by their mean over the file's probation (the points it trained on,
+    all before the first scored point, so the scaling is causal and label-free: seeds trained to
+    different scales weigh the same), averaged per point, and post-processed as one detector's."""
+    rows = []
+    for per_seed in zip(*seed_rows):
+        names = {r["name"] for r in per_seed}
+        if len(names) != 1:
+            raise ValueError(f"the seeds' files differ: {sorted(names)}")
+        first = per_seed[0]
+        prob = first["probationary"]
+        scaled = []
+        for r in per_seed:
+            raw = np.asarray(r["raw"], dtype=np.float64)
+            train = raw[:prob][np.isfinite(raw[:prob])]
+            unit = float(np.mean(train)) if len(train) else 0.0
+            scaled.append(raw / unit if unit > 0 else raw)
+        raw = np.mean(scaled, axis=0)
+        _, values = read_nab_csv(root / "data" / first["name"])
+        started = time.monotonic()
+        scores = post_process(raw, cfg, prob, values)
+        rows.append({**first, "scores": scores.tolist(), "raw": raw.tolist(),
+                     "train_seconds": round(sum(r["train_seconds"] for r in per_seed), 1),
+                     "score_seconds": round(sum(r["score_seconds"] for r in per_seed) + time.monotonic() - started, 2)})
+    return rows
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root / "data")) for p in (root / "data").glob("*/*.csv"))
 
@@ -341,6 +374,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "points, then 100)")
     p.add_argument("--rescore", help="a previous run's results folder (<detector>-seed<k>/<category>/*.csv with "
                    "raw_score): reuse its scores, no training, and apply this run's post-processing")
+    p.add_argument("--ensemble", metavar="DETECTORS",
+                   help="also score these detectors' seeds averaged into one score per point (an ensemble over seeds, "
+                        "each seed in units of its mean raw score over the probation), e.g. 'wgan' or 'all'")
     p.add_argument("--likelihood", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the anomaly likelihood's parameters (repeatable; keys: "
                    + ", ".join(LIKELIHOOD) + ")")
@@ -405,9 +441,18 @@ def markdown(result: dict) -> str:
                   "`wgan` is this project's model, the others the peers of `stream_detector.bench.peers` ("
                   + ", ".join(f"{k} {v}" for k, v in libs.items() if v) + ").", "",
                   "| detector | seeds | " + " | ".join(profiles) + " | train s |", "|---|---|" + "---|" * (len(profiles) + 1)]
+        ens = result.get("ensembles", {})
+
+        def c(det: str, ms: dict | None, digits: int = 1) -> str:  # an ensemble is one figure, not a seed
+            return f"{ms['mean']:.{digits}f}" if det in ens and ms and ms["mean"] is not None else cell(ms, digits)
+
         for det, figs in cmp.items():
-            lines.append(f"| {det} | {','.join(map(str, seeds[det]))} | "
-                         + " | ".join(cell(figs.get(p), 1) for p in profiles) + f" | {cell(figs.get('train_seconds'), 0)} |")
+            lines.append(f"| {det} | {('ensemble of ' if det in ens else '') + ','.join(map(str, seeds[det]))} | "
+                         + " | ".join(c(det, figs.get(p)) for p in profiles) + f" | {c(det, figs.get('train_seconds'), 0)} |")
+        if ens:
+            lines += ["", "`<detector>-ensemble`: per file, each seed's raw scores divided by their mean over the "
+                      "probation, averaged per point, then post-processed as one detector's (offline only: the worker "
+                      "serves one model per route)."]
         lines += ["", "| detector | seed | " + " | ".join(profiles) + " |", "|---|---|" + "---|" * len(profiles)]
         for r in result.get("runs", []):
             lines.append(f"| {r['detector']} | {r['seed']} | "
@@ -559,6 +604,10 @@ def run(a: argparse.Namespace) -> Report:
         detectors, seeds = parse_detectors(a.detectors), parse_seeds(a.seeds)
     except (ConfigKeyError, ValueError) as e:
         raise UserError(str(e)) from None
+    try:
+        ensemble = parse_detectors(a.ensemble) if a.ensemble else []
+    except ValueError as e:
+        raise UserError(str(e).replace("--detectors", "--ensemble")) from None
     files = _files(root)[: a.limit] if a.limit else _files(root)
     windows = load_windows(root / "labels" / "combined_windows.json")
     if not any(len(windows.get(f, ())) for f in files):  # NAB's normalised score divides by what they can earn
@@ -591,8 +640,16 @@ def run(a: argparse.Namespace) -> Report:
                 print(f"[{i}/{len(futures)}] {det} seed {seed} {f}: {r['points']} points, trained "
                       f"{r['train_seconds']:.0f} s, scored {r['score_seconds']:.1f} s "
                       f"(elapsed {time.monotonic() - started:.0f} s)", flush=True)
+    ensembles: dict[str, list[int]] = {}
+    for det in ensemble:
+        members = sorted(sd for d, sd in groups if d == det)
+        if len(members) < 2:
+            print(f"--ensemble {det}: {len(members)} seed(s) ran, no ensemble", flush=True)
+            continue
+        groups[det + ENSEMBLE, 0] = ensemble_rows([groups[det, sd] for sd in members], cfg, root)
+        ensembles[det + ENSEMBLE] = members
     results_dir = Path(a.results) if a.results else Path(tempfile.mkdtemp(prefix="sd-nab-results-"))
-    order = sorted(groups, key=lambda k: (DETECTORS.index(k[0]), k[1]))
+    order = sorted(groups, key=report_order)
     run_scores, per_seed = {}, {}
     for det, seed in order:
         name = f"{det}-seed{seed}"
@@ -613,7 +670,8 @@ def run(a: argparse.Namespace) -> Report:
               "score_seconds": round(sum(r["score_seconds"] for r in rows), 1),
               "wall_seconds": round(time.monotonic() - started, 1),
               "primary": {"detector": primary[0], "seed": primary[1]},
-              "comparison": aggregate(per_seed), "seeds_run": {d: sorted(v) for d, v in per_seed.items()},
+              "comparison": aggregate(per_seed),
+              "seeds_run": {d: ensembles.get(d, sorted(v)) for d, v in per_seed.items()}, "ensembles": ensembles,
               "runs": [{"detector": d, "seed": sd, "scores": {p: {k: v for k, v in s.items() if k != "per_file"}
                                                                 for p, s in run_scores[d, sd].items()}}
                        for d, sd in order],

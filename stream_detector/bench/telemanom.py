@@ -55,7 +55,7 @@ import numpy as np
 
 from ..training.fit import ConfigKeyError, SeriesModelConfig
 from . import machine
-from .comparison import DETECTORS, aggregate, cell, parse_detectors, parse_seeds
+from .comparison import DETECTORS, ENSEMBLE, aggregate, cell, parse_detectors, parse_seeds, report_order
 from .framework import Benchmark, Report
 
 PUBLISHED_SMAP_F1 = {"AER (Wong et al. 2022)": 0.764, "LSTM dynamic threshold (Hundman et al. 2018)": 0.732,
@@ -294,12 +294,6 @@ def ensemble_channel(task: dict) -> dict:
         with np.load(Path(folder) / task["channel"] / "scores.npz") as z:
             saved.append({k: z[k] for k in z.files})
     return evaluate_channel(task["channel"], Path(task["data"]), task["config"], ensemble_saved(saved))
-
-
-def _rank(key: tuple[str, int]) -> tuple[float, int]:
-    """Report order: the detectors' order, each seed ensemble after its seeds."""
-    det = key[0].removesuffix("-ensemble")
-    return DETECTORS.index(det) + (0.5 if key[0].endswith("-ensemble") else 0.0), key[1]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -622,14 +616,14 @@ def run(a: argparse.Namespace) -> Report:
             ens = [{"channel": ch, "data": str(data), "config": {**cfg, "seed": min(sd for sd, _ in members)},
                     "folders": folders} for ch in chans if all((Path(f) / ch / "scores.npz").exists() for f in folders)]
             with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-                groups[f"{det}-ensemble", 0] = list(pool.map(ensemble_channel, ens))
-            ensembles[f"{det}-ensemble"] = sorted(sd for sd, _ in members)
-            print(f"{det}: ensemble of seeds {ensembles[f'{det}-ensemble']} on {len(ens)} channels", flush=True)
+                groups[det + ENSEMBLE, 0] = list(pool.map(ensemble_channel, ens))
+            ensembles[det + ENSEMBLE] = sorted(sd for sd, _ in members)
+            print(f"{det}: ensemble of seeds {ensembles[det + ENSEMBLE]} on {len(ens)} channels", flush=True)
     import torch
 
     from .peers import versions
 
-    order = sorted(groups, key=_rank)
+    order = sorted(groups, key=report_order)
     results = [{"detector": det, "seed": seed, "summary": summarise(groups[det, seed]), "channels": groups[det, seed]}
                for det, seed in order]
     per_seed: dict[str, dict[int, dict]] = {}
