@@ -65,10 +65,13 @@ def aggregate(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
     return out
 
 
-def cell(ms: dict | None, digits: int = 3) -> str:
-    """``0.712 ± 0.015 (3)`` for a mean_std over several seeds, ``0.712`` for one, ``—`` for none."""
+def cell(ms: dict | None, digits: int = 3, ensemble: bool = False) -> str:
+    """``0.712 ± 0.015`` for a mean_std over several seeds, ``0.712 (1 seed)`` for one, ``—`` for
+    none; ``ensemble``: the figure of a seed ensemble (one detector made of several seeds), ``0.712``."""
     if not ms or ms["mean"] is None:
         return "—"
+    if ensemble:
+        return f"{ms['mean']:.{digits}f}"
     if ms["n"] == 1:
         return f"{ms['mean']:.{digits}f} (1 seed)"
     return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"

@@ -442,13 +442,10 @@ def markdown(result: dict) -> str:
                   + ", ".join(f"{k} {v}" for k, v in libs.items() if v) + ").", "",
                   "| detector | seeds | " + " | ".join(profiles) + " | train s |", "|---|---|" + "---|" * (len(profiles) + 1)]
         ens = result.get("ensembles", {})
-
-        def c(det: str, ms: dict | None, digits: int = 1) -> str:  # an ensemble is one figure, not a seed
-            return f"{ms['mean']:.{digits}f}" if det in ens and ms and ms["mean"] is not None else cell(ms, digits)
-
         for det, figs in cmp.items():
             lines.append(f"| {det} | {('ensemble of ' if det in ens else '') + ','.join(map(str, seeds[det]))} | "
-                         + " | ".join(c(det, figs.get(p)) for p in profiles) + f" | {c(det, figs.get('train_seconds'), 0)} |")
+                         + " | ".join(cell(figs.get(p), 1, det in ens) for p in profiles)
+                         + f" | {cell(figs.get('train_seconds'), 0, det in ens)} |")
         if ens:
             lines += ["", "`<detector>-ensemble`: per file, each seed's raw scores divided by their mean over the "
                       "probation, averaged per point, then post-processed as one detector's (offline only: the worker "
@@ -687,7 +684,7 @@ def run(a: argparse.Namespace) -> Report:
         f["name"]: f[f"raw_{p}"] for f in result["per_file"]}) for p, s in scores.items()}, out, a.name,
         {"likelihood": "NAB score (log anomaly likelihood)", "rank": "NAB score (causal rank)"}[cfg["post"]])]
     return Report(a.name, result, markdown, "standard profile: " + "; ".join(
-        f"{d} {cell(result['comparison'][d]['standard'], 1)}" for d in per_seed))
+        f"{d} {cell(result['comparison'][d]['standard'], 1, d in ensembles)}" for d in per_seed))
 
 
 BENCHMARK = Benchmark("nab", __doc__.splitlines()[0], add_arguments, run)

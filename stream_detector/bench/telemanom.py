@@ -379,9 +379,8 @@ def comparison_markdown(result: dict) -> list[str]:
              "|---|---|" + "---|" * (len(HEADLINE) + 1)]
     ens = result.get("ensembles", {})
 
-    def c(det: str, figs: dict, key: str, digits: int = 3) -> str:  # an ensemble is one figure, not a seed
-        ms = figs.get(key)
-        return f"{ms['mean']:.{digits}f}" if det in ens and ms and ms["mean"] is not None else cell(ms, digits)
+    def c(det: str, figs: dict, key: str, digits: int = 3) -> str:
+        return cell(figs.get(key), digits, det in ens)
 
     for det, figs in cmp.items():
         lines.append(f"| {det} | {('ensemble of ' if det in ens else '') + ','.join(map(str, seeds[det]))} | "
@@ -647,7 +646,7 @@ def run(a: argparse.Namespace) -> Report:
     result["plots"] = _plots(result, data, folder, out)
     cmp = result["comparison"]
     return Report(name, result, markdown, "telemanom threshold, event F1: " + "; ".join(
-        f"{d} {cell(cmp[d]['telemanom.f1']) if d not in ensembles else round(cmp[d]['telemanom.f1']['mean'], 3)}"
+        f"{d} {cell(cmp[d]['telemanom.f1'], 3, d in ensembles)}"
         for d in per_seed))
 
 
