@@ -133,9 +133,14 @@ def test_folder_bench_train_files(tmp_path):
 
     _testbed(tmp_path / "bed")
     rc = main(_args(tmp_path / "bed", tmp_path / "out", "--train-files", "anomaly-free/*.csv",
-                    "--detectors", "zscore,wgan", "--seeds", "0", "--name", "tf", "--models", str(tmp_path / "m")))
+                    "--detectors", "zscore,wgan", "--seeds", "0", "--name", "tf", "--models", str(tmp_path / "m"),
+                    "--score", "combined"))
     assert rc == 0
     result = json.loads((tmp_path / "out" / "tf.json").read_text())
+    # --score reaches the model: its card and the report name the kind
+    assert result["config"]["score"] == "combined"
+    card = json.loads((tmp_path / "m" / "wgan" / "seed0" / "model" / "model.json").read_text())
+    assert card["score"]["kind"] == "combined"
     p = result["protocol"]
     assert p["training_files"] == ["anomaly-free/free.csv"] and p["scored_files"] == 2
     assert p["evaluate_on"] == "all" and p["evaluated_points"] == 2 * ROWS

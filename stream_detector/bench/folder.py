@@ -457,6 +457,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   f"{DEFAULT_CONFIG['iterations']})")
     p.add_argument("--transform", choices=TRANSFORMS, help="the WGAN model's input (default sequence; "
                                                            "distance-plot-mv: one multivariate distance plot)")
+    from ..cli import SCORE_KINDS
+
+    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default "
+                                                        "fanogan)")
     t = p.add_argument_group("telemanom threshold",
                              "scaled to files of ~1,000 rows (telemanom's own: 70, 30, 100, 250)")
     t.add_argument("--telemanom-batch", type=int,
@@ -473,8 +477,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(a: argparse.Namespace) -> dict:
     cfg = dict(DEFAULT_CONFIG)
-    for key in ("window", "iterations", "transform", "telemanom_batch", "telemanom_windows", "telemanom_buffer",
-                "telemanom_l_s"):
+    for key in ("window", "iterations", "transform", "score", "telemanom_batch", "telemanom_windows",
+                "telemanom_buffer", "telemanom_l_s"):
         if getattr(a, key, None) is not None:
             cfg[key] = getattr(a, key)
     if a.iterations is not None:
