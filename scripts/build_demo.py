@@ -7,9 +7,10 @@
    splits of every SMAP channel (no test data, no labels), threshold calibrated on the
    held-out last 20 % of each train split: the demo's default route.
 3. ``models/<channel>/1/`` for each demo channel: its own model, trained on its own *train*
-   split with the configuration of ``bench telemanom`` (window 64, stride 1, sequence
-   transform, 1500 GAN and encoder iterations, 25 s budget), flagging with telemanom's
-   adaptive threshold (``--threshold telemanom``): what the SMAP benchmark measures.
+   split with the configuration of ``bench telemanom`` (its ``DEFAULT_CONFIG``: window 64,
+   stride 1, sequence transform, fanogan score, 200 GAN + 200 encoder iterations, no
+   wall-clock cap, seed 0), flagging with telemanom's adaptive threshold (``--threshold
+   telemanom``): what the SMAP benchmark measures (docs/benchmarks/quality.md).
 
 Run ``python scripts/build_demo.py`` (needs the ``train`` extra); the outputs are committed
 so that ``make demo`` needs neither the shared data nor PyTorch.
