@@ -8,7 +8,7 @@
    held-out last 20 % of each train split: the demo's default route.
 3. ``models/<channel>/1/`` for each demo channel: its own model, trained on its own *train*
    split with the configuration of ``bench telemanom`` (its ``DEFAULT_CONFIG``: window 64,
-   stride 1, sequence transform, fanogan score, 200 GAN + 200 encoder iterations, no
+   stride 1, sequence transform, combined score, 200 GAN + 200 encoder iterations, no
    wall-clock cap, seed 0), flagging with telemanom's adaptive threshold (``--threshold
    telemanom``): what the SMAP benchmark measures (docs/benchmarks/quality.md).
 
@@ -93,7 +93,8 @@ def build_channel_models(smap: Path, root: Path, channels: list[str]) -> None:
         calib = max(int(0.2 * len(train)), C["window"] + 50)  # as bench telemanom splits it
         card = fit_series_model(train, ["value"], root / chan / "1", window=C["window"], stride=1,
                                 transform=C["transform"], cfg=cfg, train_fraction=1.0 - calib / len(train), name=chan,
-                                source=f"{smap.name}/train/{chan}.npy column 0", progress=False, threshold="telemanom")
+                                source=f"{smap.name}/train/{chan}.npy column 0", progress=False, threshold="telemanom",
+                                score_kind=C["score"])
         print(f"{root / chan / '1'}: {card.threshold_method}, trained {card.training['seconds']:.0f} s")
 
 

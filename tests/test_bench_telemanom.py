@@ -42,9 +42,11 @@ def test_telemanom_bench_writes_tables(tmp_path):
     from stream_detector.bench.telemanom import METHODS, main
 
     _spacecraft(tmp_path / "toy")
+    # fanogan: the hand-checked episode below is that score's (the default, combined, flickers
+    # once on entering the burst on this 20-iteration toy model: two episodes, both inside it)
     rc = main(["--data", str(tmp_path / "toy"), "--spacecraft", "TOY", "--window", "16", "--iterations", "20",
                "--detectors", "wgan", "--seeds", "0", "--out", str(tmp_path / "out"), "--name", "toy", "--models",
-               str(tmp_path / "models")])
+               str(tmp_path / "models"), "--score", "fanogan"])
     assert rc == 0
     result = json.loads((tmp_path / "out" / "toy.json").read_text())
     assert [r["channel"] for r in result["channels"]] == ["X-1", "X-2"]
@@ -222,3 +224,18 @@ def test_seed_ensemble_averages_scores_in_units_of_each_seeds_threshold(tmp_path
                  "--seeds", "1", "--out", str(tmp_path / "out"), "--name", "one"]) == 0
     one = json.loads((tmp_path / "out" / "one.json").read_text())
     assert [(r["detector"], r["seed"]) for r in one["runs"]] == [("wgan", 1)]
+
+
+def test_a_run_saved_before_the_score_key_reads_as_fanogan(tmp_path):
+    """SMAP's kind is now ``combined`` (the runner's default); a run saved before its
+    configuration named the kind was a ``fanogan`` run, and a rescore must report it so."""
+    from stream_detector.bench.telemanom import DEFAULT_CONFIG, with_saved_config
+
+    assert DEFAULT_CONFIG["score"] == "combined"
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"window": 64, "seed": 2}))
+    cfg = with_saved_config(dict(DEFAULT_CONFIG), saved)
+    assert cfg["score"] == "fanogan" and cfg["seed"] == 2 and cfg["telemanom_p"] == DEFAULT_CONFIG["telemanom_p"]
+    saved.write_text(json.dumps({"score": "hybrid"}))
+    assert with_saved_config(dict(DEFAULT_CONFIG), saved)["score"] == "hybrid"
+    assert with_saved_config(dict(DEFAULT_CONFIG), tmp_path / "absent.json")["score"] == "combined"
