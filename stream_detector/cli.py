@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # network sizing that cannot fit the window (e.g. odd lengths for conv)
         raise UserError(str(e)) from None
     print(f"model written to {args.out}: {len(channels)} channels, window {args.window}, stride {args.stride}, "
-          f"{args.transform}, threshold method {card.threshold_method} (held-out q{args.threshold_quantile}: "
+          f"{args.transform}, score {card.score['kind']}, threshold method {card.threshold_method} (held-out "
+          f"q{args.threshold_quantile}: "
           f"{card.threshold['value']:.5g}), "
           f"{card.graph['flops_per_window'] / 1e6:.2f} MFLOP/window, trained in {card.training['seconds']:.0f} s"
           + (f"; {args.generators} generators, learned prior {', '.join(f'{v:.2f}' for v in card.training['prior'])}"
@@ -476,10 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--level-weight", type=float, help="weight of the level term in the score (how far a window leaves "
                    "the training range; default 1.0 for distance plots, which cannot see a level shift without it, "
                    "0 for sequence)")
-    t.add_argument("--score", choices=SCORE_KINDS, default="fanogan",
+    t.add_argument("--score", choices=SCORE_KINDS,
                    help="the window score: fanogan (residual + kappa * critic-feature distance), critic (the "
                    "critic's own output, -D(x)), combined (fanogan + the critic's score standardised on the "
-                   "training windows), forecast (the error of a forecaster that predicts each window's last "
+                   "training windows; the default for sequence models, fanogan for distance plots), forecast (the error of a forecaster that predicts each window's last "
                    "steps from its first), or hybrid (fanogan + the forecast error standardised on the training "
                    "windows)")
     t.add_argument("--forecast-horizon", type=int, metavar="H",

@@ -378,6 +378,10 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
     report = json.loads((out / "nabtest.json").read_text())
     assert report["files"] == 3
     assert report["config"]["iterations"] == 20 and report["config"]["max_seconds"] == 1.0
+    # train's default kind for sequence models, named in the report and in every model's card
+    assert report["config"]["score"] == "combined"
+    assert {json.loads(c.read_text())["score"]["kind"] for c in (models / "wgan" / "seed0").glob("*/model.json")} == {
+        "combined"}
     assert set(report["scores"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
     for profile, s in report["scores"].items():
         assert math.isfinite(s["score"]) and s["score"] <= 100.0, profile
@@ -419,6 +423,9 @@ def test_smoke_run_on_a_tiny_nab_folder(nab_folder, tmp_path):
                      "--rescore", str(results), "--name", "nabtest_rescored"]) == 0
     rescored = json.loads((out / "nabtest_rescored.json").read_text())
     assert rescored["config"]["rescored_from"] == str(results)
+    assert "score" not in rescored["config"]  # the saved raw scores do not say their kind: none is claimed
+    with pytest.raises(UserError, match="--score names the kind to train"):
+        nab.main(["--data", str(nab_folder), "--out", str(out), "--rescore", str(results), "--score", "critic"])
     # the training time is the original run's, which a rescore does not know: not reported as 0
     assert report["comparison"]["wgan"]["train_seconds"]["mean"] > 0
     assert "train_seconds" not in rescored["comparison"]["wgan"]

@@ -52,10 +52,14 @@ def test_train_level_weight_goes_into_the_card_and_a_negative_one_is_refused(tra
         "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["score"]["level_weight"] == 0.5 and "level_weight" in card["score"]["formula"]
-    run("train", "--data", trained / "train.csv", "--window", 16, "--stride", 4, "--out", tmp_path / "c",
-        "--score", "combined", "--iterations", 5, "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
-    score = json.loads((tmp_path / "c" / "model.json").read_text())["score"]
+    # the default score kind: combined for a sequence model, fanogan for a distance plot
+    assert card["score"]["kind"] == "fanogan" and "-D(x)" not in card["score"]["formula"]
+    score = json.loads((trained / "model" / "model.json").read_text())["score"]
     assert score["kind"] == "combined" and score["critic_scale"] > 0 and "-D(x)" in score["formula"]
+    run("train", "--data", trained / "train.csv", "--window", 16, "--stride", 4, "--out", tmp_path / "c",
+        "--score", "fanogan", "--iterations", 5, "--encoder-iterations", 5, "--width", 8, "--latent", 4, "--quiet")
+    score = json.loads((tmp_path / "c" / "model.json").read_text())["score"]
+    assert score["kind"] == "fanogan" and "-D(x)" not in score["formula"]
     proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--score-channels", "a,zz", ok=False)
     assert_one_line_error(proc, "score channels zz are not among the data's channels")
     proc = run("train", "--data", trained / "train.csv", "--out", tmp_path / "bad", "--score", "median", ok=False)

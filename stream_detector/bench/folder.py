@@ -459,8 +459,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "distance-plot-mv: one multivariate distance plot)")
     from ..cli import SCORE_KINDS
 
-    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default "
-                                                        "fanogan)")
+    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default: "
+                                                        "train's for the transform, combined for sequence)")
     t = p.add_argument_group("telemanom threshold",
                              "scaled to files of ~1,000 rows (telemanom's own: 70, 30, 100, 250)")
     t.add_argument("--telemanom-batch", type=int,
@@ -483,6 +483,10 @@ def _config(a: argparse.Namespace) -> dict:
             cfg[key] = getattr(a, key)
     if a.iterations is not None:
         cfg["encoder_iterations"] = a.iterations
+    if cfg.get("score") is None:  # train's default for the transform, named in the report
+        from ..training.fit import default_score_kind
+
+        cfg["score"] = default_score_kind(cfg["transform"])
     for key in ("window", "iterations", "telemanom_batch", "telemanom_windows", "telemanom_buffer"):
         if int(cfg[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]}")

@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.fit import ConfigKeyError, SeriesModelConfig
+from ..training.fit import ConfigKeyError, SeriesModelConfig, default_score_kind
 from . import machine
 from .comparison import DETECTORS, ENSEMBLE, aggregate, cell, parse_detectors, parse_seeds, report_order
 from .framework import Benchmark, Report
@@ -358,8 +358,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int)
     from ..cli import SCORE_KINDS
 
-    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default "
-                                                        "fanogan)")
+    p.add_argument("--score", choices=SCORE_KINDS, help="the WGAN model's score kind, as train --score (default: "
+                                                        "train's for sequence models, combined)")
     p.add_argument("--name", default="nab", help="output file stem (default nab)")
     p.add_argument("--models", help="where per-file models go (default: a temporary folder)")
     p.add_argument("--results", help="where the detector's NAB results CSVs go (default: a temporary folder)")
@@ -575,7 +575,12 @@ def run(a: argparse.Namespace) -> Report:
     if a.iterations:
         cfg["iterations"] = cfg["encoder_iterations"] = a.iterations
     if a.score:
+        if a.rescore:
+            raise UserError("--score names the kind to train; a --rescore reuses saved raw scores of whatever kind "
+                            "they were")
         cfg["score"] = a.score
+    elif not (a.rescore or a.via_worker):  # train's default, named in the report (saved models have their own)
+        cfg["score"] = default_score_kind(cfg["transform"])
     if a.post:
         cfg["post"] = a.post
     if a.spatial_tolerance is not None:
