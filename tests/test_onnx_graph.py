@@ -37,11 +37,11 @@ def _windows(window: int, channels: int) -> np.ndarray:
     return np.concatenate([normal, shifted, normal * 3.0]).astype(np.float32)
 
 
-def _assert_same_scores(a: Scorer, b: Scorer, windows: np.ndarray) -> None:
+def _assert_same_scores(a: Scorer, b: Scorer, windows: np.ndarray, atol: float = ATOL) -> None:
     for batch in (windows, windows[:1], windows[5:12], windows[:64]):
         sa, ca = a.score(batch)
         sb, cb = b.score(batch)
-        np.testing.assert_allclose(sb, sa, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(sb, sa, rtol=RTOL, atol=atol)
         np.testing.assert_allclose(cb, ca, rtol=RTOL, atol=ATOL)
     ra, rb = a.run_all(windows), b.run_all(windows)
     # a graph exported before cell_scores and critic_score were outputs has the first four only
@@ -217,6 +217,9 @@ def test_bundled_models_are_fast_and_score_as_their_plain_export(tmp_path, model
     with np.load(ROOT / "stream_detector" / "demo_data" / "smap_demo.npz") as z:
         series = z[f"series_{model_dir.parent.name}"] if f"series_{model_dir.parent.name}" in z else z["series_G-6"]
     windows = sliding_windows(series[:, None].astype(np.float32), card.window, 4)
-    _assert_same_scores(plain, fast, windows)
+    # a combined score adds critic_scale * (-D(x) - critic_mean): the critic's float32 rounding in
+    # the two forms shows at ~1e-6 absolute on small scores (the bundled D-3 model: 1.2e-6 on 3 of
+    # 2,145 windows); the decisions below must still be identical
+    _assert_same_scores(plain, fast, windows, atol=1e-5 if card.score.get("kind") == "combined" else ATOL)
     np.testing.assert_array_equal(fast.score(windows)[0] > card.threshold["value"],
                                   plain.score(windows)[0] > card.threshold["value"])
