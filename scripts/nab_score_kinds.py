@@ -2,9 +2,9 @@
 
 The ``fanogan``, ``critic`` and ``combined`` kinds differ only in how the graph's outputs are
 read (export.py: ``combined = fanogan + critic_scale * (critic - critic_mean)``, with the card's
-standardisation from the training windows), and every exported graph outputs the fanogan
-``score``, the ``critic_score`` and the residual ``cell_scores``.  So one ``bench nab --models
-DIR`` run of the default kind answers what each kind would score with the *same* networks;
+standardisation from the training windows), and every exported graph outputs its ``score``
+(fanogan or combined), the ``critic_score`` and the residual ``cell_scores``.  So one ``bench
+nab --models DIR`` run answers what each kind would score with the *same* networks;
 ``bench nab --score KIND`` would retrain them (bit for bit the same networks at the same seed)
 only to read another output.  Two diagnostic readouts that are not score kinds are added: the
 residual of the window's newest point and of its newest 4 points (a streaming score of "the
@@ -46,10 +46,12 @@ def readouts(scorer: Scorer, values: np.ndarray, batch: int = 4096) -> dict[str,
             parts[k].append(out[k])
     o = {k: np.concatenate(v) for k, v in parts.items()}
     spec = scorer.card.score
-    if spec.get("kind", "fanogan") != "fanogan" or spec.get("level_weight"):
-        raise SystemExit(f"{scorer.model_dir}: a fanogan model without a level term is needed, not {spec}")
-    return {"fanogan": o["score"], "critic": o["critic_score"],
-            "combined": o["score"] + spec["critic_scale"] * (o["critic_score"] - spec["critic_mean"]),
+    kind = spec.get("kind", "fanogan")
+    if kind not in ("fanogan", "combined") or spec.get("level_weight"):
+        raise SystemExit(f"{scorer.model_dir}: a fanogan or combined model without a level term is needed, not {spec}")
+    critic_term = spec["critic_scale"] * (o["critic_score"] - spec["critic_mean"])
+    fanogan = o["score"] - critic_term if kind == "combined" else o["score"]
+    return {"fanogan": fanogan, "critic": o["critic_score"], "combined": fanogan + critic_term,
             "newest point": o["cell_scores"][:, :, -1].mean(axis=1),
             "newest 4 points": o["cell_scores"][:, :, -4:].mean(axis=(1, 2))}
 
