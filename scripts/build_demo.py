@@ -91,7 +91,8 @@ def build_channel_models(smap: Path, root: Path, channels: list[str]) -> None:
     for chan in channels:
         train = np.load(smap / "train" / f"{chan}.npy")[:, :1].astype(np.float32)
         calib = max(int(0.2 * len(train)), C["window"] + 50)  # as bench telemanom splits it
-        card = fit_series_model(train, ["value"], root / chan / "1", window=C["window"], stride=1,
+        # channel "c0", as bench telemanom names column 0 (bench latent and --channel-models-from rely on it)
+        card = fit_series_model(train, ["c0"], root / chan / "1", window=C["window"], stride=1,
                                 transform=C["transform"], cfg=cfg, train_fraction=1.0 - calib / len(train), name=chan,
                                 source=f"{smap.name}/train/{chan}.npy column 0", progress=False, threshold="telemanom",
                                 score_kind=C["score"])
