@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.fit import ConfigKeyError, SeriesModelConfig
+from ..training.fit import ConfigKeyError, SeriesModelConfig, default_score_kind
 from . import machine
 from .comparison import DETECTORS, ENSEMBLE, aggregate, cell, parse_detectors, parse_seeds, report_order
 from .framework import Benchmark, Report
@@ -69,9 +69,10 @@ DEFAULT_CONFIG = dict(window=64, transform="sequence", arch="conv", width=None, 
                       pot_risk=1e-4, dynamic_history=2000, dynamic_step=100, telemanom_batch=70,
                       telemanom_windows=30, telemanom_smoothing=0.05, telemanom_buffer=100, telemanom_p=0.13,
                       telemanom_l_s=250, telemanom_inverse=True, merge_gap=0, vus_window=100, seed=0,
-                      score_columns=None, score="combined")
-# The score kind SMAP gets by the leave-one-dataset-out rule (quality.md: `combined` scored above
-# `fanogan` on both NAB and SKAB).  A run saved before the key was in this configuration ran:
+                      score_columns=None)
+# train's default kind for the transform (combined for sequence: the leave-one-dataset-out rule,
+# quality.md); a run saved before the key was in this configuration ran:
+DEFAULT_CONFIG["score"] = default_score_kind(DEFAULT_CONFIG["transform"])
 SCORE_BEFORE_THE_KEY = "fanogan"
 # keys of the flat configuration that are the runner's own (channels read, thresholds, evaluation)
 RUNNER_KEYS = tuple(k for k in DEFAULT_CONFIG if k.startswith(("telemanom_", "dynamic_"))) + (
@@ -473,7 +474,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..cli import SCORE_KINDS
 
     p.add_argument("--score", choices=SCORE_KINDS,
-                   help=f"the WGAN model's score kind, as train --score (default {DEFAULT_CONFIG['score']})")
+                   help="the WGAN model's score kind, as train --score (default: train's for the transform, "
+                        "combined for sequence)")
     p.add_argument("--name", help="output file stem (default: the folder name, e.g. smap)")
     p.add_argument("--models", help="where per-channel models go (default: a temporary folder)")
     p.add_argument("--rescore", metavar="DIR",
@@ -543,6 +545,8 @@ def run(a: argparse.Namespace) -> Report:
             cfg[key] = getattr(a, key)
     if a.iterations:
         cfg["encoder_iterations"] = a.iterations
+    if a.score is None:  # train's default for the transform run, as bench nab and bench folder take it
+        cfg["score"] = default_score_kind(cfg["transform"])
     try:
         TelemanomConfig.from_dict(cfg)  # a configuration the runner cannot fit fails here, by key
         detectors, seeds = parse_detectors(a.detectors or "all"), parse_seeds(a.seeds or "0,1,2")
